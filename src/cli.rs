@@ -1,0 +1,610 @@
+//! The command line (design.md §4): parse, run, map errors to exit codes.
+//!
+//! Contract: exit 0 ok, 1 runtime failure, 2 usage or invalid input. Errors go to stderr
+//! as one sentence naming the bad value; nothing prints a stack trace. Invalid input is
+//! rejected before the store is touched, so a refused command leaves the state dir
+//! byte-identical. Commands that change the store poke a running daemon so the change
+//! lands at once; without a daemon the change waits for the next pass.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{self, Config};
+use crate::control::{self, DaemonStatus, PassSummary, Request};
+use crate::kernel::Kernel;
+use crate::kernel::netlink::Netlink;
+use crate::model::{self, HostAddr, IfName, Invalid, Mac, Nic, Source, VmName, VmSpec};
+use crate::plan::{self, Desired, Options};
+use crate::reconcile::{self, PassError, PassOptions};
+use crate::store::Store;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input.
+
+Examples:
+  hvroute vm add web1 --mac 52:54:00:12:34:56 --ip 192.0.2.29 --ip 2001:db8:103::100
+  hvroute vm add db1 --nic mac=52:54:00:00:00:01,ip=192.0.2.30 --nic mac=52:54:00:00:00:02,ip=2001:db8:103::7
+  hvroute reconcile --dry-run     show what a pass would change
+  hvroute status                  desired state against the kernel";
+
+#[derive(Parser)]
+#[command(
+    name = "hvroute",
+    version,
+    about = "Route each VM's /32 and /128 from the hypervisor's bridge: pure L3, no VLAN, no DHCP.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the reconciler in the foreground: watch the state dir and the kernel, repair
+    /// drift, resync periodically. Stopping it leaves routes in place.
+    Daemon {
+        /// Take over a bridge that has non-VM ports or foreign addresses.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one reconcile pass without a daemon.
+    Reconcile {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take over a bridge that has non-VM ports or foreign addresses.
+        #[arg(long)]
+        force: bool,
+        /// Print the plan, outcome and timings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, remove and list VMs (admin intent; persists across reboots).
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Desired state against the kernel, per VM and address, and the daemon's health.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Add a VM. The same spec again is a no-op; a different one needs --replace.
+    #[command(
+        after_help = "A NIC is --mac with its --ip (and --port), or one --nic each. The first NIC is the primary one.\nAddresses are host addresses: a /32 or /128 suffix is accepted, no other length."
+    )]
+    Add(AddArgs),
+    /// Remove a VM. Removing an unknown VM succeeds and says so.
+    Del { name: String },
+    /// List the VMs in the state dir.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct AddArgs {
+    /// VM name: 1-64 of A-Z a-z 0-9 . _ - (CloudStack's i-2-10-VM is fine).
+    pub name: String,
+    /// MAC of the VM's NIC (shorthand for one --nic).
+    #[arg(long)]
+    pub mac: Option<String>,
+    /// Address of that NIC; repeat for more.
+    #[arg(long = "ip", value_name = "ADDR")]
+    pub ips: Vec<String>,
+    /// Bridge port (tap) of that NIC.
+    #[arg(long, value_name = "IFNAME")]
+    pub port: Option<String>,
+    /// A NIC: mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME]; repeat for more NICs.
+    #[arg(long = "nic", value_name = "SPEC")]
+    pub nics: Vec<String>,
+    /// Replace an existing VM of that name with this spec.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_logging(matches!(cli.cmd, Cmd::Daemon { .. }));
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("hvroute: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let usage = e
+        .chain()
+        .any(|c| c.is::<Invalid>() || matches!(c.downcast_ref::<PassError>(), Some(PassError::Refused(_))));
+    if usage { 2 } else { 1 }
+}
+
+fn init_logging(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let cfg = Config::load(&cli.config)?;
+    match cli.cmd {
+        Cmd::Daemon { force } => Ok(runtime()?.block_on(crate::daemon::run(cfg, force))?),
+        Cmd::Reconcile { dry_run, force, json } => cmd_reconcile(&cfg, dry_run, force, json),
+        Cmd::Vm(VmCmd::Add(a)) => cmd_vm_add(&cfg, a),
+        Cmd::Vm(VmCmd::Del { name }) => cmd_vm_del(&cfg, &name),
+        Cmd::Vm(VmCmd::List { json }) => cmd_vm_list(&cfg, json),
+        Cmd::Status { json } => cmd_status(&cfg, json),
+    }
+}
+
+fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result<()> {
+    let boot_id = cfg.boot_id()?;
+    let store = Store::at(&cfg.state_dir);
+    let rt = runtime()?;
+    let out = rt.block_on(async {
+        let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
+        let opts = PassOptions { bring_up: true, check_takeover: true, force, dry_run };
+        Ok::<_, anyhow::Error>(reconcile::pass(cfg, &store, &boot_id, &mut k, opts).await?)
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if dry_run {
+        print!("{}", out.plan);
+        if out.plan.is_empty() {
+            println!("# nothing to do: the kernel matches the state dir");
+        }
+    } else {
+        let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{v} {k}")).collect();
+        println!(
+            "applied {} ops{} in {:.0} ms ({} VMs, {} addresses, {} parked)",
+            out.plan.ops.len() - out.errors.len(),
+            if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) },
+            out.timings.total_ms,
+            out.vms,
+            out.addresses,
+            out.parked
+        );
+        if let Some(w) = &out.plan.waiting {
+            println!("waiting: {w}");
+        }
+    }
+    for p in out.store_errors.iter().chain(&out.conflicts) {
+        eprintln!("hvroute: warning: {p}");
+    }
+    if let Some(first) = out.errors.first() {
+        anyhow::bail!("{} of {} ops failed; first: {first}", out.errors.len(), out.plan.ops.len());
+    }
+    Ok(())
+}
+
+/// Parses `mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME]`.
+fn parse_nic(spec: &str) -> Result<Nic, Invalid> {
+    let mut mac = None;
+    let mut addresses = BTreeSet::new();
+    let mut port = None;
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("mac", v)) if mac.is_none() => mac = Some(v.parse::<Mac>()?),
+            Some(("ip", v)) => {
+                if !addresses.insert(v.parse::<HostAddr>()?) {
+                    return Err(Invalid(format!("invalid --nic {spec:?}: address {v} is given twice")));
+                }
+            }
+            Some(("port", v)) if port.is_none() => port = Some(v.parse::<IfName>()?),
+            _ => {
+                return Err(Invalid(format!(
+                    "invalid --nic {spec:?}: expected mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME], not {part:?}"
+                )));
+            }
+        }
+    }
+    let mac = mac.ok_or_else(|| Invalid(format!("invalid --nic {spec:?}: mac= is missing")))?;
+    if addresses.is_empty() {
+        return Err(Invalid(format!("invalid --nic {spec:?}: give at least one ip=")));
+    }
+    Ok(Nic { mac, addresses, port })
+}
+
+fn spec_from_args(cfg: &Config, a: &AddArgs) -> Result<VmSpec, Invalid> {
+    let name: VmName = a.name.parse()?;
+    let mut nics = Vec::new();
+    match (&a.mac, a.ips.is_empty()) {
+        (Some(mac), _) => {
+            let mut addresses = BTreeSet::new();
+            for ip in &a.ips {
+                if !addresses.insert(ip.parse::<HostAddr>()?) {
+                    return Err(Invalid(format!("address {ip} is given twice")));
+                }
+            }
+            if addresses.is_empty() {
+                return Err(Invalid("--mac needs at least one --ip".into()));
+            }
+            let port = a.port.as_deref().map(str::parse).transpose()?;
+            nics.push(Nic { mac: mac.parse()?, addresses, port });
+        }
+        (None, false) => return Err(Invalid("--ip needs --mac (or use --nic mac=...,ip=...)".into())),
+        (None, true) if a.port.is_some() => return Err(Invalid("--port needs --mac".into())),
+        (None, true) => {}
+    }
+    for n in &a.nics {
+        nics.push(parse_nic(n)?);
+    }
+    if nics.is_empty() {
+        return Err(Invalid(format!("VM {name} needs a NIC: give --mac and --ip, or --nic")));
+    }
+    let vm = VmSpec { name, nics, source: Source::Cli, boot_id: None };
+    vm.check_shape()?;
+    for (_, addr) in vm.addresses() {
+        model::check_addr(cfg, addr)?;
+    }
+    Ok(vm)
+}
+
+/// Asks a running daemon for a pass and reports; without a daemon, says the change waits.
+fn poke_daemon(cfg: &Config, what: &str) -> Result<()> {
+    match control::request::<Option<PassSummary>>(&cfg.socket, Request::Reconcile, Duration::from_secs(10)) {
+        Ok(Some(Some(p))) if p.errors.is_empty() => {
+            println!("{what}; applied by the daemon (pass {}, {} ops)", p.pass, p.ops);
+            Ok(())
+        }
+        Ok(Some(Some(p))) => {
+            println!(
+                "{what}; the daemon's pass {} had errors and will retry: {}",
+                p.pass,
+                p.errors.join("; ")
+            );
+            Ok(())
+        }
+        Ok(Some(None)) | Ok(None) => {
+            println!(
+                "{what}; no daemon answers at {}, so it applies at the next `hvroute reconcile` or daemon start",
+                cfg.socket.display()
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("{what}; the daemon did not confirm ({e:#}); its next pass applies it");
+            Ok(())
+        }
+    }
+}
+
+fn cmd_vm_add(cfg: &Config, a: AddArgs) -> Result<()> {
+    let vm = spec_from_args(cfg, &a)?;
+    let boot_id = cfg.boot_id()?;
+    let store = Store::open(&cfg.state_dir)?;
+    {
+        let lock = store.lock()?;
+        let snap = store.load()?;
+        let file = format!("{}.json", vm.name);
+        match snap.vms.get(&vm.name) {
+            Some(existing) if *existing == vm => {
+                println!("VM {} is already present with this spec; nothing to do", vm.name);
+                return Ok(());
+            }
+            Some(_) if !a.replace => {
+                return Err(Invalid(format!(
+                    "VM {} already exists with a different spec; use --replace to change it",
+                    vm.name
+                ))
+                .into());
+            }
+            None if snap.errors.contains_key(&file) && !a.replace => {
+                return Err(Invalid(format!(
+                    "VM {} has an unreadable state file ({}); use --replace to overwrite it",
+                    vm.name, snap.errors[&file]
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        model::check_conflicts(&vm, snap.vms.values(), &boot_id)?;
+        store.put(&lock, &vm)?;
+    }
+    poke_daemon(cfg, &format!("VM {} stored", vm.name))
+}
+
+fn cmd_vm_del(cfg: &Config, name: &str) -> Result<()> {
+    let name: VmName = name.parse()?;
+    let store = Store::open(&cfg.state_dir)?;
+    let existed = {
+        let lock = store.lock()?;
+        store.remove(&lock, &name)?
+    };
+    if !existed {
+        eprintln!("hvroute: VM {name} is not known; nothing to do");
+        return Ok(());
+    }
+    poke_daemon(cfg, &format!("VM {name} removed"))
+}
+
+#[derive(Serialize)]
+struct VmView<'a> {
+    name: &'a VmName,
+    source: Source,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    boot_id: Option<&'a str>,
+    nics: &'a [Nic],
+}
+
+#[derive(Serialize)]
+struct ErrorView<'a> {
+    file: &'a str,
+    reason: &'a str,
+}
+
+fn cmd_vm_list(cfg: &Config, json: bool) -> Result<()> {
+    let boot_id = cfg.boot_id()?;
+    let snap = Store::at(&cfg.state_dir).load()?;
+    let vms: Vec<VmView> = snap
+        .vms
+        .values()
+        .map(|v| VmView {
+            name: &v.name,
+            source: v.source,
+            state: if v.is_parked(&boot_id) { "parked" } else { "active" },
+            boot_id: v.boot_id.as_deref(),
+            nics: &v.nics,
+        })
+        .collect();
+    let errors: Vec<ErrorView> = snap.errors.iter().map(|(f, r)| ErrorView { file: f, reason: r }).collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "vms": vms, "errors": errors }))?);
+        return Ok(());
+    }
+    println!("{:<20} {:<6} {:<7} {:<17} {:<10} ADDRESSES", "NAME", "SOURCE", "STATE", "MAC", "PORT");
+    for v in &vms {
+        for (i, n) in v.nics.iter().enumerate() {
+            let addrs: Vec<String> = n.addresses.iter().map(|a| a.to_string()).collect();
+            let (name, src, st) = if i == 0 {
+                (v.name.to_string(), v.source.to_string(), v.state)
+            } else {
+                (String::new(), String::new(), "")
+            };
+            let port = n.port.as_ref().map_or("-".to_string(), |p| p.to_string());
+            println!("{name:<20} {src:<6} {st:<7} {:<17} {port:<10} {}", n.mac.to_string(), addrs.join(" "));
+        }
+    }
+    for e in &errors {
+        eprintln!("hvroute: warning: state file {} is unusable: {}", e.file, e.reason);
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct AddrStatus {
+    address: HostAddr,
+    route: bool,
+    neighbour: bool,
+}
+
+#[derive(Serialize)]
+struct NicStatus {
+    mac: Mac,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    port: Option<IfName>,
+    addresses: Vec<AddrStatus>,
+}
+
+#[derive(Serialize)]
+struct VmStatus {
+    name: VmName,
+    source: Source,
+    state: &'static str,
+    nics: Vec<NicStatus>,
+}
+
+#[derive(Serialize)]
+struct BridgeStatus {
+    name: String,
+    exists: bool,
+    up: bool,
+    mac: Option<Mac>,
+    mtu: u32,
+    gateways: bool,
+    ports: Vec<plan::PortObs>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    bridge: BridgeStatus,
+    daemon: Option<DaemonStatus>,
+    vms: Vec<VmStatus>,
+    store_errors: Vec<String>,
+    conflicts: Vec<String>,
+    pending_ops: usize,
+    waiting: Option<String>,
+}
+
+fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
+    let boot_id = cfg.boot_id()?;
+    let snap = Store::at(&cfg.state_dir).load()?;
+    let desired = Desired::build(cfg, &snap, &boot_id);
+    let observed = runtime()?.block_on(async {
+        let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
+        k.observe(&desired).await
+    })?;
+    let daemon =
+        control::request::<DaemonStatus>(&cfg.socket, Request::Status, Duration::from_secs(5)).ok().flatten();
+    let pending = plan::plan(&desired, &observed, Options::default(), cfg.route_protocol);
+    let br_index = observed.bridge.as_ref().map(|b| b.ifindex);
+    let vms = snap
+        .vms
+        .values()
+        .map(|v| {
+            let parked = v.is_parked(&boot_id);
+            VmStatus {
+                name: v.name.clone(),
+                source: v.source,
+                state: if parked { "parked" } else { "active" },
+                nics: v
+                    .nics
+                    .iter()
+                    .map(|n| NicStatus {
+                        mac: n.mac,
+                        port: n.port.clone(),
+                        addresses: n
+                            .addresses
+                            .iter()
+                            .map(|a| AddrStatus {
+                                address: *a,
+                                route: observed
+                                    .routes
+                                    .iter()
+                                    .any(|r| r.addr == a.0 && Some(r.ifindex) == br_index),
+                                neighbour: br_index
+                                    .is_some_and(|i| observed.neighs.get(&(a.0, i)) == Some(&Some(n.mac))),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let b = observed.bridge.as_ref();
+    let status = Status {
+        bridge: BridgeStatus {
+            name: cfg.bridge.name.to_string(),
+            exists: b.is_some(),
+            up: b.is_some_and(|b| b.up),
+            mac: b.and_then(|b| b.mac),
+            mtu: b.map_or(0, |b| b.mtu),
+            gateways: b.is_some_and(|b| desired.bridge.addrs.is_subset(&b.addrs)),
+            ports: b.map(|b| b.ports.clone()).unwrap_or_default(),
+        },
+        daemon,
+        vms,
+        store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
+        conflicts: desired.conflicts.clone(),
+        pending_ops: pending.ops.len(),
+        waiting: pending.waiting.clone(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    print_status(&status);
+    Ok(())
+}
+
+fn print_status(s: &Status) {
+    let b = &s.bridge;
+    if b.exists {
+        println!(
+            "bridge {}: {}, mac {}, mtu {}, gateways {}, {} ports",
+            b.name,
+            if b.up { "up" } else { "DOWN" },
+            b.mac.map_or("-".into(), |m| m.to_string()),
+            b.mtu,
+            if b.gateways { "present" } else { "MISSING" },
+            b.ports.len()
+        );
+    } else {
+        println!("bridge {}: MISSING (the daemon or `hvroute reconcile` creates it)", b.name);
+    }
+    match &s.daemon {
+        Some(d) => {
+            let last = d.last_pass.as_ref().map_or("none yet".to_string(), |p| {
+                format!("pass {} with {} ops in {:.1} ms", p.pass, p.ops, p.total_ms)
+            });
+            println!("daemon: running, pid {}, up {:.0} s, last {last}", d.pid, d.uptime_s);
+            if let Some(e) = &d.last_error {
+                println!("daemon: last error: {e}");
+            }
+        }
+        None => println!("daemon: not running"),
+    }
+    println!();
+    println!(
+        "{:<20} {:<6} {:<7} {:<17} {:<28} {:<6} NEIGH",
+        "VM", "SOURCE", "STATE", "MAC", "ADDRESS", "ROUTE"
+    );
+    let yes = |b: bool| if b { "ok" } else { "MISSING" };
+    for v in &s.vms {
+        let mut first = true;
+        for n in &v.nics {
+            for a in &n.addresses {
+                let (name, src, st) = if first {
+                    (v.name.to_string(), v.source.to_string(), v.state)
+                } else {
+                    (String::new(), String::new(), "")
+                };
+                first = false;
+                let (r, nb) = if v.state == "parked" { ("-", "-") } else { (yes(a.route), yes(a.neighbour)) };
+                println!(
+                    "{name:<20} {src:<6} {st:<7} {:<17} {:<28} {r:<6} {nb}",
+                    n.mac.to_string(),
+                    a.address.to_string()
+                );
+            }
+        }
+    }
+    for e in &s.store_errors {
+        println!("state file error: {e}");
+    }
+    for c in &s.conflicts {
+        println!("conflict: {c}");
+    }
+    if let Some(w) = &s.waiting {
+        println!("waiting: {w}");
+    }
+    if s.pending_ops > 0 {
+        println!("{} ops pending; `hvroute reconcile --dry-run` lists them", s.pending_ops);
+    } else {
+        println!("in sync: the kernel matches the state dir");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nic_specs() {
+        let n = parse_nic("mac=52:54:00:00:00:01,ip=192.0.2.1,ip=2001:db8:100::1/128,port=vnet0").unwrap();
+        assert_eq!(n.addresses.len(), 2);
+        assert_eq!(n.port.unwrap().as_str(), "vnet0");
+        for bad in [
+            "ip=192.0.2.1",
+            "mac=52:54:00:00:00:01",
+            "mac=52:54:00:00:00:01,ip=192.0.2.1,foo=1",
+            "mac=52:54:00:00:00:01,ip=192.0.2.1,ip=192.0.2.1",
+            "mac=52:54:00:00:00:01,mac=52:54:00:00:00:02,ip=192.0.2.1",
+        ] {
+            assert!(parse_nic(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,73 @@
+//! The daemon's control socket: a Unix stream socket speaking one JSON request line and
+//! one JSON response line per connection.
+//!
+//! Requests: `{"op":"reconcile"}` asks for a pass and answers when a pass that started
+//! after the request has finished; `{"op":"status"}` answers at once with the daemon's
+//! own state. The CLI uses it to make `vm add` and `vm del` land at once; without a
+//! daemon, [`request`] returns `Ok(None)` and the change waits for the next pass.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Reconcile,
+    Status,
+}
+
+/// What the daemon says about a pass.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PassSummary {
+    pub pass: u64,
+    pub ops: usize,
+    pub errors: Vec<String>,
+    pub total_ms: f64,
+    #[serde(default)]
+    pub waiting: Option<String>,
+}
+
+/// What the daemon says about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub passes: u64,
+    pub uptime_s: f64,
+    pub last_pass: Option<PassSummary>,
+    pub last_error: Option<String>,
+}
+
+/// Sends one request. `Ok(None)` means no daemon is listening.
+pub fn request<T: for<'de> Deserialize<'de>>(
+    socket: &Path,
+    req: Request,
+    timeout: Duration,
+) -> Result<Option<T>> {
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot connect to the daemon at {}", socket.display()));
+        }
+    };
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut line = serde_json::to_string(&req)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).context("cannot talk to the daemon")?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .with_context(|| format!("the daemon did not answer within {} s", timeout.as_secs()))?;
+    let v = serde_json::from_str(&reply).context("the daemon's answer is not valid JSON")?;
+    Ok(Some(v))
+}

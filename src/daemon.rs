@@ -1,0 +1,300 @@
+//! The daemon: one task owns all controller state and runs reconcile passes.
+//!
+//! Contract (design.md §2, §3):
+//! - Intake is cheap and only marks work dirty: a state dir change (notify), a kernel
+//!   hint (netlink events, overflow), a control request, the periodic resync timer.
+//! - A dirty mark runs a full pass after a short debounce, so a burst of events costs one
+//!   pass. A pass that failed ops is retried with backoff.
+//! - The first pass takes over the bridge (refusing foreign ports or addresses unless
+//!   forced) and brings it up; later passes respect an admin's link down and wait for
+//!   link up, which triggers a pass at once.
+//! - Stopping (SIGTERM, SIGINT) leaves kernel state in place: VM traffic survives a
+//!   daemon restart.
+//!
+//! [`Daemon::run`] takes its inputs as channels so that loop tests can drive it with
+//! the fake kernel and a paused clock; [`run`] wires up the real ones.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::control::{DaemonStatus, PassSummary, Request};
+use crate::kernel::Kernel;
+use crate::kernel::events::{self, Hint};
+use crate::kernel::netlink::Netlink;
+use crate::reconcile::{self, PassError, PassOptions};
+use crate::store::Store;
+
+/// Events that arrive together are handled in one pass.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub enum Input {
+    Hint(Hint),
+    StateDirChanged,
+    Control(Request, oneshot::Sender<serde_json::Value>),
+}
+
+pub struct Daemon<K: Kernel> {
+    pub cfg: Config,
+    pub store: Store,
+    pub boot_id: String,
+    pub kernel: K,
+    pub force: bool,
+    passes: u64,
+    last_pass: Option<PassSummary>,
+    last_error: Option<String>,
+    started: Instant,
+}
+
+impl<K: Kernel> Daemon<K> {
+    pub fn new(cfg: Config, store: Store, boot_id: String, kernel: K, force: bool) -> Self {
+        Daemon {
+            cfg,
+            store,
+            boot_id,
+            kernel,
+            force,
+            passes: 0,
+            last_pass: None,
+            last_error: None,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn passes(&self) -> u64 {
+        self.passes
+    }
+
+    fn status(&self) -> DaemonStatus {
+        DaemonStatus {
+            pid: std::process::id(),
+            passes: self.passes,
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            last_pass: self.last_pass.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    /// Runs one pass and records its outcome. Returns whether it fully succeeded.
+    async fn pass(&mut self, first: bool) -> Result<bool, PassError> {
+        let opts = PassOptions { bring_up: first, check_takeover: first, force: self.force, dry_run: false };
+        self.passes += 1;
+        let n = self.passes;
+        let span = tracing::info_span!("pass", n);
+        let _g = span.enter();
+        let out = match reconcile::pass(&self.cfg, &self.store, &self.boot_id, &mut self.kernel, opts).await {
+            Ok(o) => o,
+            Err(PassError::Refused(w)) => return Err(PassError::Refused(w)),
+            Err(PassError::Failed(e)) => {
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "pass failed; will retry");
+                self.last_error = Some(msg.clone());
+                self.last_pass =
+                    Some(PassSummary { pass: n, ops: 0, errors: vec![msg], total_ms: 0.0, waiting: None });
+                return Ok(false);
+            }
+        };
+        if !out.plan.is_empty() {
+            let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            info!(ops = out.plan.ops.len(), counts = %counts.join(" "), ms = format!("{:.1}", out.timings.total_ms), "applied plan");
+        }
+        if let Some(w) = &out.plan.waiting {
+            info!(waiting = %w, "pass waits");
+        }
+        for e in &out.errors {
+            warn!(error = %e, "op failed; will retry");
+        }
+        for e in out.store_errors.iter().chain(&out.conflicts) {
+            warn!(problem = %e, "state");
+        }
+        self.last_error = out.errors.first().map(|e| e.to_string());
+        self.last_pass = Some(PassSummary {
+            pass: n,
+            ops: out.plan.ops.len(),
+            errors: out.errors.iter().map(|e| e.to_string()).collect(),
+            total_ms: out.timings.total_ms,
+            waiting: out.plan.waiting.clone(),
+        });
+        Ok(out.errors.is_empty())
+    }
+
+    /// The loop. Returns when `inputs` closes or `shutdown` fires; returns an error only
+    /// when the first pass refuses to take over the bridge.
+    pub async fn run(
+        &mut self,
+        mut inputs: mpsc::UnboundedReceiver<Input>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PassError> {
+        tokio::pin!(shutdown);
+        let resync = Duration::from_secs(self.cfg.resync_interval_s);
+        let ok = self.pass(true).await?;
+        let mut backoff = Duration::from_secs(1);
+        let mut due: Option<Instant> = (!ok).then(|| Instant::now() + backoff);
+        let mut next_resync = Instant::now() + resync;
+        let mut waiters: Vec<oneshot::Sender<serde_json::Value>> = Vec::new();
+        loop {
+            let wake = due.map_or(next_resync, |d| d.min(next_resync));
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = tokio::time::sleep_until(wake) => {
+                    let ok = self.pass(false).await?;
+                    // Every pass is a full resync; the periodic one is due a whole
+                    // interval after the last.
+                    next_resync = Instant::now() + resync;
+                    if ok {
+                        backoff = Duration::from_secs(1);
+                        due = None;
+                    } else {
+                        due = Some(Instant::now() + backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                    let summary = serde_json::to_value(&self.last_pass).unwrap_or_default();
+                    for w in waiters.drain(..) {
+                        let _ = w.send(summary.clone());
+                    }
+                }
+                input = inputs.recv() => {
+                    let Some(input) = input else { return Ok(()) };
+                    let soon = Instant::now() + DEBOUNCE;
+                    match input {
+                        Input::Hint(Hint(why)) => {
+                            tracing::debug!(why, "kernel hint");
+                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                        }
+                        Input::StateDirChanged => due = Some(due.map_or(soon, |d| d.min(soon))),
+                        Input::Control(Request::Reconcile, reply) => {
+                            waiters.push(reply);
+                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                        }
+                        Input::Control(Request::Status, reply) => {
+                            let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `hvroute daemon`: wires the real inputs (netlink events, notify, control socket,
+/// signals) to a [`Daemon`] over the rtnetlink backend.
+pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
+    let boot_id = cfg.boot_id()?;
+    let store = Store::open(&cfg.state_dir)?;
+    let (tx, rx) = mpsc::unbounded_channel();
+
+    // Subscribe before the first full read, so nothing that happens meanwhile is lost.
+    let mut hints = events::subscribe(cfg.bridge.name.as_str(), cfg.route_protocol).await?;
+    let htx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(h) = hints.recv().await {
+            if htx.send(Input::Hint(h)).is_err() {
+                return;
+            }
+        }
+    });
+    let _watcher = watch_state_dir(&cfg.state_dir, tx.clone())?;
+    let _socket = serve_control(&cfg.socket, tx.clone())?;
+
+    let kernel = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
+    info!(
+        bridge = %cfg.bridge.name, state_dir = %cfg.state_dir.display(), socket = %cfg.socket.display(),
+        resync_s = cfg.resync_interval_s, "hvroute daemon starting"
+    );
+    let mut daemon = Daemon::new(cfg, store, boot_id, kernel, force);
+    let shutdown = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("signal handler");
+        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: stopping; kernel state stays in place"),
+            _ = int.recv() => info!("SIGINT: stopping; kernel state stays in place"),
+        }
+    };
+    let r = daemon.run(rx, shutdown).await;
+    if let Err(e) = &r {
+        error!(error = %e, "daemon stopped");
+    }
+    r
+}
+
+fn watch_state_dir(
+    dir: &std::path::Path,
+    tx: mpsc::UnboundedSender<Input>,
+) -> Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        let relevant = match &ev {
+            Ok(e) => e.paths.iter().any(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                n.ends_with(".json") && !n.starts_with('.')
+            }),
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = tx.send(Input::StateDirChanged);
+        }
+    })
+    .context("cannot watch the state dir")?;
+    w.watch(dir, RecursiveMode::NonRecursive)
+        .with_context(|| format!("cannot watch state dir {}", dir.display()))?;
+    Ok(w)
+}
+
+/// Removes the socket file when the daemon stops.
+struct SocketGuard(PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn serve_control(path: &std::path::Path, tx: mpsc::UnboundedSender<Input>) -> Result<SocketGuard> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another daemon is already listening on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut line = String::new();
+                if BufReader::new(r).read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let answer = match serde_json::from_str::<Request>(&line) {
+                    Ok(req) => {
+                        let (otx, orx) = oneshot::channel();
+                        if tx.send(Input::Control(req, otx)).is_err() {
+                            return;
+                        }
+                        orx.await.unwrap_or_default()
+                    }
+                    Err(e) => serde_json::json!({ "error": format!("bad request: {e}") }),
+                };
+                let mut out = answer.to_string();
+                out.push('\n');
+                let _ = w.write_all(out.as_bytes()).await;
+            });
+        }
+    });
+    Ok(SocketGuard(path.to_owned()))
+}

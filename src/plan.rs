@@ -1,0 +1,619 @@
+//! The reconcile core: **where a route is decided**.
+//!
+//! Contract: `plan(desired, observed, options) -> Plan` is a pure function: no I/O, no
+//! async, no clock. [`Desired`] is built from the config and a store [`Snapshot`];
+//! [`Observed`] is what the kernel backend saw of hvroute's own objects. A [`Plan`] is a
+//! printable list of [`Op`]s (`hvroute reconcile --dry-run` prints it) that the backend
+//! executes in order. Applying a plan and planning again gives an empty plan (a property
+//! test holds this).
+//!
+//! Ownership (design.md §3): routes and neighbours are hvroute's when they carry its
+//! route protocol number; everything else is invisible here and therefore never
+//! touched. Deletions are held back while any state file is unreadable, because an
+//! unreadable file means "VM in error", not "VM gone".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::model::{HostAddr, IfName, Mac, VmName};
+use crate::store::Snapshot;
+
+/// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6.
+pub fn default_metric(addr: IpAddr) -> u32 {
+    if addr.is_ipv4() { 0 } else { 1024 }
+}
+
+/// An address with its prefix length, as on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct IfAddr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl fmt::Display for IfAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// What the bridge must look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeSpec {
+    pub name: IfName,
+    pub mac: Mac,
+    pub mtu: u32,
+    /// The gateways: 169.254.0.1/32 and fe80::1/64 (added with nodad).
+    pub addrs: BTreeSet<IfAddr>,
+    /// `/proc/sys` keys (relative, `net/ipv4/...`) and their values.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+impl BridgeSpec {
+    pub fn from_config(cfg: &Config) -> BridgeSpec {
+        let br = cfg.bridge.name.as_str();
+        let sysctls = [
+            ("net/ipv4/ip_forward".to_string(), "1"),
+            ("net/ipv6/conf/all/forwarding".to_string(), "1"),
+            // The effective IPv4 value is all OR dev, so both must be 0.
+            ("net/ipv4/conf/all/send_redirects".to_string(), "0"),
+            (format!("net/ipv4/conf/{br}/send_redirects"), "0"),
+            (format!("net/ipv6/conf/{br}/accept_ra"), "0"),
+            (format!("net/ipv6/conf/{br}/keep_addr_on_down"), "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k, v.to_string()))
+        .collect();
+        BridgeSpec {
+            name: cfg.bridge.name.clone(),
+            mac: cfg.bridge.mac,
+            mtu: cfg.bridge.mtu,
+            addrs: [
+                IfAddr { addr: IpAddr::V4(cfg.bridge.gateway4), prefix: 32 },
+                IfAddr { addr: IpAddr::V6(cfg.bridge.gateway6), prefix: 64 },
+            ]
+            .into(),
+            sysctls,
+        }
+    }
+}
+
+/// The desired kernel state, derived from config and store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub bridge: BridgeSpec,
+    /// Address to the MAC of the NIC that holds it; one route and one neighbour each.
+    pub addrs: BTreeMap<IpAddr, Mac>,
+    /// Ports bound to VMs by name (`--port`, the hook's target dev).
+    pub bound_ports: BTreeSet<IfName>,
+    /// libvirt tap MACs (VM MAC with first octet `fe`) of every known NIC.
+    pub tap_macs: BTreeSet<Mac>,
+    /// Volatile entries from an earlier boot, waiting to be re-asserted.
+    pub parked: BTreeSet<VmName>,
+    /// Addresses two active VMs claim with different MACs; the first VM by name wins.
+    pub conflicts: Vec<String>,
+    /// False while any state file is unreadable: then nothing owned is deleted.
+    pub deletions_allowed: bool,
+}
+
+impl Desired {
+    pub fn build(cfg: &Config, snap: &Snapshot, boot_id: &str) -> Desired {
+        let mut d = Desired {
+            bridge: BridgeSpec::from_config(cfg),
+            addrs: BTreeMap::new(),
+            bound_ports: BTreeSet::new(),
+            tap_macs: BTreeSet::new(),
+            parked: BTreeSet::new(),
+            conflicts: Vec::new(),
+            deletions_allowed: snap.errors.is_empty(),
+        };
+        let mut holder: BTreeMap<IpAddr, &VmName> = BTreeMap::new();
+        for vm in snap.vms.values() {
+            for nic in &vm.nics {
+                d.tap_macs.insert(nic.mac.tap_mac());
+                if let Some(p) = &nic.port {
+                    d.bound_ports.insert(p.clone());
+                }
+            }
+            if vm.is_parked(boot_id) {
+                d.parked.insert(vm.name.clone());
+                continue;
+            }
+            for (mac, HostAddr(ip)) in vm.addresses() {
+                // Files are validated when written; re-check the pools so that a
+                // hand-edited file or a shrunk pool cannot route a foreign prefix.
+                if !cfg.pools.contains(ip) {
+                    d.conflicts
+                        .push(format!("VM {}: address {ip} is outside the pools; not routed", vm.name));
+                    continue;
+                }
+                match d.addrs.get(&ip) {
+                    Some(m) if *m != mac => d.conflicts.push(format!(
+                        "VM {}: address {ip} is already held by VM {} with another MAC; not routed",
+                        vm.name, holder[&ip]
+                    )),
+                    _ => {
+                        d.addrs.insert(ip, mac);
+                        holder.insert(ip, &vm.name);
+                    }
+                }
+            }
+        }
+        d
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortKind {
+    Tun,
+    Veth,
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortObs {
+    pub name: String,
+    pub kind: PortKind,
+    pub mac: Option<Mac>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeObs {
+    pub ifindex: u32,
+    /// False when a link of that name exists but is not a bridge.
+    pub is_bridge: bool,
+    pub up: bool,
+    pub mac: Option<Mac>,
+    pub mtu: u32,
+    pub addrs: BTreeSet<IfAddr>,
+    pub ports: Vec<PortObs>,
+}
+
+/// An hvroute-owned route in the main table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteKey {
+    pub addr: IpAddr,
+    pub metric: u32,
+    pub ifindex: u32,
+}
+
+/// What the kernel holds, of what hvroute owns or manages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub bridge: Option<BridgeObs>,
+    /// Current values of the desired sysctl keys that exist.
+    pub sysctls: BTreeMap<String, String>,
+    /// Host routes carrying hvroute's protocol number.
+    pub routes: BTreeSet<RouteKey>,
+    /// Neighbours carrying hvroute's protocol number: (address, ifindex) to MAC.
+    pub neighs: BTreeMap<(IpAddr, u32), Option<Mac>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Bring the bridge up if it is down. Done when hvroute starts or creates the bridge;
+    /// a running daemon leaves an admin's `ip link set down` alone and waits for link up.
+    pub bring_up: bool,
+}
+
+/// One step. Route and neighbour ops name the bridge implicitly: the executor resolves
+/// its ifindex, which may not exist yet when the plan is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    CreateBridge { name: String, mac: Mac, mtu: u32 },
+    SetBridgeMac { mac: Mac },
+    SetBridgeMtu { mtu: u32 },
+    AddBridgeAddr { addr: IfAddr },
+    SetSysctl { key: String, value: String },
+    SetBridgeUp,
+    DelNeigh { addr: IpAddr, ifindex: u32 },
+    DelRoute { addr: IpAddr, metric: u32, ifindex: u32 },
+    ReplaceRoute { addr: IpAddr },
+    ReplaceNeigh { addr: IpAddr, mac: Mac },
+}
+
+impl Op {
+    /// The kind, for counters and summaries.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::CreateBridge { .. }
+            | Op::SetBridgeMac { .. }
+            | Op::SetBridgeMtu { .. }
+            | Op::AddBridgeAddr { .. }
+            | Op::SetSysctl { .. }
+            | Op::SetBridgeUp => "bridge",
+            Op::DelNeigh { .. } => "neigh_del",
+            Op::DelRoute { .. } => "route_del",
+            Op::ReplaceRoute { .. } => "route_add",
+            Op::ReplaceNeigh { .. } => "neigh_add",
+        }
+    }
+}
+
+/// A plan, printable for `--dry-run` and comparable in golden tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub bridge: String,
+    pub proto: u8,
+    pub ops: Vec<Op>,
+    /// Why route and neighbour work is waiting, if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Owned objects that would be deleted but for an unreadable state file.
+    pub held_deletions: usize,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn counts(&self) -> BTreeMap<&'static str, usize> {
+        let mut c = BTreeMap::new();
+        for op in &self.ops {
+            *c.entry(op.kind()).or_default() += 1;
+        }
+        c
+    }
+}
+
+fn prefix_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let br = &self.bridge;
+        let p = self.proto;
+        for op in &self.ops {
+            match op {
+                Op::CreateBridge { name, mac, mtu } => {
+                    writeln!(f, "+ link {name} type bridge address {mac} mtu {mtu}")?
+                }
+                Op::SetBridgeMac { mac } => writeln!(f, "~ link {br} address {mac}")?,
+                Op::SetBridgeMtu { mtu } => writeln!(f, "~ link {br} mtu {mtu}")?,
+                Op::AddBridgeAddr { addr } => writeln!(f, "+ addr {addr} dev {br} nodad")?,
+                Op::SetSysctl { key, value } => writeln!(f, "~ sysctl {}={value}", key.replace('/', "."))?,
+                Op::SetBridgeUp => writeln!(f, "~ link {br} up")?,
+                Op::DelNeigh { addr, ifindex } => writeln!(f, "- neigh {addr} ifindex {ifindex} proto {p}")?,
+                Op::DelRoute { addr, metric, ifindex } => writeln!(
+                    f,
+                    "- route {addr}/{} ifindex {ifindex} metric {metric} proto {p}",
+                    prefix_len(*addr)
+                )?,
+                Op::ReplaceRoute { addr } => {
+                    writeln!(f, "+ route {addr}/{} dev {br} proto {p}", prefix_len(*addr))?
+                }
+                Op::ReplaceNeigh { addr, mac } => {
+                    writeln!(f, "+ neigh {addr} lladdr {mac} dev {br} nud permanent proto {p}")?
+                }
+            }
+        }
+        if let Some(w) = &self.waiting {
+            writeln!(f, "# waiting: {w}")?;
+        }
+        if self.held_deletions > 0 {
+            writeln!(
+                f,
+                "# {} deletions held back: a state file is unreadable (see `hvroute status`)",
+                self.held_deletions
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Computes the ops that take `observed` to `desired`.
+pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
+    let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
+    let b = &d.bridge;
+
+    // The bridge itself.
+    let (bridge_ifindex, up) = match &o.bridge {
+        None => {
+            p.ops.push(Op::CreateBridge { name: b.name.to_string(), mac: b.mac, mtu: b.mtu });
+            p.ops.extend(b.addrs.iter().map(|a| Op::AddBridgeAddr { addr: *a }));
+            (None, false)
+        }
+        Some(ob) => {
+            if ob.mac != Some(b.mac) {
+                p.ops.push(Op::SetBridgeMac { mac: b.mac });
+            }
+            if ob.mtu != b.mtu {
+                p.ops.push(Op::SetBridgeMtu { mtu: b.mtu });
+            }
+            p.ops.extend(b.addrs.difference(&ob.addrs).map(|a| Op::AddBridgeAddr { addr: *a }));
+            (Some(ob.ifindex), ob.up)
+        }
+    };
+    for (k, v) in &b.sysctls {
+        if o.sysctls.get(k) != Some(v) {
+            p.ops.push(Op::SetSysctl { key: k.clone(), value: v.clone() });
+        }
+    }
+    let up = if !up && opts.bring_up {
+        p.ops.push(Op::SetBridgeUp);
+        true
+    } else {
+        up
+    };
+    if !up {
+        p.waiting = Some(format!(
+            "bridge {} is down; {} routes and neighbours wait for link up",
+            b.name,
+            d.addrs.len()
+        ));
+        return p;
+    }
+
+    // Routes: exactly one per desired address, default metric, on the bridge.
+    let on_bridge = |ifindex: u32| Some(ifindex) == bridge_ifindex;
+    let mut have_route = BTreeSet::new();
+    let mut route_adds = Vec::new();
+    let mut dels = Vec::new();
+    for r in &o.routes {
+        let wanted = d.addrs.contains_key(&r.addr);
+        if wanted && r.metric == default_metric(r.addr) && on_bridge(r.ifindex) {
+            have_route.insert(r.addr);
+        } else if wanted || d.deletions_allowed {
+            dels.push(Op::DelRoute { addr: r.addr, metric: r.metric, ifindex: r.ifindex });
+        } else {
+            p.held_deletions += 1;
+        }
+    }
+    for addr in d.addrs.keys() {
+        if !have_route.contains(addr) {
+            route_adds.push(Op::ReplaceRoute { addr: *addr });
+        }
+    }
+
+    // Neighbours: one permanent entry per desired address, on the bridge, with its MAC.
+    let mut neigh_dels = Vec::new();
+    let mut neigh_adds = Vec::new();
+    let mut have_neigh = BTreeSet::new();
+    for (&(addr, ifindex), mac) in &o.neighs {
+        let want = d.addrs.get(&addr);
+        if on_bridge(ifindex) && want.is_some() {
+            if want == mac.as_ref() {
+                have_neigh.insert(addr);
+            }
+            // A wrong MAC on the bridge is fixed by the replace below.
+        } else if want.is_some() || d.deletions_allowed {
+            neigh_dels.push(Op::DelNeigh { addr, ifindex });
+        } else {
+            p.held_deletions += 1;
+        }
+    }
+    for (addr, mac) in &d.addrs {
+        if !have_neigh.contains(addr) {
+            neigh_adds.push(Op::ReplaceNeigh { addr: *addr, mac: *mac });
+        }
+    }
+
+    p.ops.extend(neigh_dels);
+    p.ops.extend(dels);
+    p.ops.extend(route_adds);
+    p.ops.extend(neigh_adds);
+    p
+}
+
+/// Why hvroute will not take over an existing bridge without `--force`: a port that is
+/// not a VM's (a physical NIC, a bond, a veth bound to no VM), an address that is not
+/// a gateway, or a link of that name that is no bridge. Empty when it may.
+pub fn takeover_refusals(d: &Desired, o: &Observed) -> Vec<String> {
+    let Some(ob) = &o.bridge else { return Vec::new() };
+    let name = &d.bridge.name;
+    let mut why = Vec::new();
+    if !ob.is_bridge {
+        why.push(format!("{name} exists but is not a bridge"));
+        return why;
+    }
+    for port in &ob.ports {
+        let bound = d.bound_ports.iter().any(|p| p.as_str() == port.name)
+            || port.mac.is_some_and(|m| d.tap_macs.contains(&m))
+            || port.kind == PortKind::Tun;
+        if !bound {
+            let kind = match &port.kind {
+                PortKind::Tun => "tap".to_string(),
+                PortKind::Veth => "veth".to_string(),
+                PortKind::Other(k) => k.clone(),
+            };
+            why.push(format!("bridge {name} has port {} ({kind}) that is bound to no VM", port.name));
+        }
+    }
+    for a in &ob.addrs {
+        let auto_link_local = matches!(a.addr, IpAddr::V6(v6) if v6.is_unicast_link_local());
+        if !d.bridge.addrs.contains(a) && !auto_link_local {
+            why.push(format!("bridge {name} carries address {a}, which is not one of hvroute's gateways"));
+        }
+    }
+    why
+}
+
+/// Address families helper for tests and callers that need a literal gateway.
+pub const GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+pub const GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Nic, Source, VmSpec};
+
+    fn cfg() -> Config {
+        Config::parse(
+            "[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n",
+        )
+        .unwrap()
+    }
+
+    fn vm(name: &str, mac: &str, ips: &[&str], source: Source, boot: Option<&str>) -> VmSpec {
+        VmSpec {
+            name: name.parse().unwrap(),
+            nics: vec![Nic {
+                mac: mac.parse().unwrap(),
+                addresses: ips.iter().map(|s| s.parse().unwrap()).collect(),
+                port: None,
+            }],
+            source,
+            boot_id: boot.map(str::to_owned),
+        }
+    }
+
+    fn snap(vms: Vec<VmSpec>) -> Snapshot {
+        Snapshot { vms: vms.into_iter().map(|v| (v.name.clone(), v)).collect(), errors: BTreeMap::new() }
+    }
+
+    fn up_bridge(d: &Desired) -> Observed {
+        Observed {
+            bridge: Some(BridgeObs {
+                ifindex: 7,
+                is_bridge: true,
+                up: true,
+                mac: Some(d.bridge.mac),
+                mtu: d.bridge.mtu,
+                addrs: d.bridge.addrs.clone(),
+                ports: vec![],
+            }),
+            sysctls: d.bridge.sysctls.clone(),
+            ..Observed::default()
+        }
+    }
+
+    /// Golden: a cold start on an empty host creates the bridge and everything on it.
+    #[test]
+    fn cold_plan_is_stable() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![
+                vm("vm1", "52:54:00:00:00:01", &["192.0.2.10", "2001:db8:100::10"], Source::Cli, None),
+                vm("vm2", "52:54:00:00:00:02", &["2001:db8:100::20"], Source::Cli, None),
+            ]),
+            "boot-a",
+        );
+        let p = plan(&d, &Observed::default(), Options { bring_up: true }, 44);
+        let want = "\
++ link cloudbr0 type bridge address 0e:00:00:00:00:01 mtu 1500
++ addr 169.254.0.1/32 dev cloudbr0 nodad
++ addr fe80::1/64 dev cloudbr0 nodad
+~ sysctl net.ipv4.conf.all.send_redirects=0
+~ sysctl net.ipv4.conf.cloudbr0.send_redirects=0
+~ sysctl net.ipv4.ip_forward=1
+~ sysctl net.ipv6.conf.all.forwarding=1
+~ sysctl net.ipv6.conf.cloudbr0.accept_ra=0
+~ sysctl net.ipv6.conf.cloudbr0.keep_addr_on_down=1
+~ link cloudbr0 up
++ route 192.0.2.10/32 dev cloudbr0 proto 44
++ route 2001:db8:100::10/128 dev cloudbr0 proto 44
++ route 2001:db8:100::20/128 dev cloudbr0 proto 44
++ neigh 192.0.2.10 lladdr 52:54:00:00:00:01 dev cloudbr0 nud permanent proto 44
++ neigh 2001:db8:100::10 lladdr 52:54:00:00:00:01 dev cloudbr0 nud permanent proto 44
++ neigh 2001:db8:100::20 lladdr 52:54:00:00:00:02 dev cloudbr0 nud permanent proto 44
+";
+        assert_eq!(p.to_string(), want);
+    }
+
+    /// A VM removed from the store loses exactly its route and neighbour.
+    #[test]
+    fn removal_deletes_only_what_is_gone() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![vm("a", "52:54:00:00:00:01", &["192.0.2.1"], Source::Cli, None)]),
+            "b",
+        );
+        let mut o = up_bridge(&d);
+        for a in ["192.0.2.1", "192.0.2.2"] {
+            let ip: IpAddr = a.parse().unwrap();
+            o.routes.insert(RouteKey { addr: ip, metric: 0, ifindex: 7 });
+            o.neighs.insert((ip, 7), Some("52:54:00:00:00:01".parse().unwrap()));
+        }
+        let p = plan(&d, &o, Options::default(), 44);
+        assert_eq!(
+            p.to_string(),
+            "- neigh 192.0.2.2 ifindex 7 proto 44\n- route 192.0.2.2/32 ifindex 7 metric 0 proto 44\n"
+        );
+    }
+
+    /// An unreadable state file must not withdraw anybody's routes.
+    #[test]
+    fn unreadable_state_holds_deletions() {
+        let c = cfg();
+        let mut s = snap(vec![]);
+        s.errors.insert("x.json".into(), "not valid JSON".into());
+        let d = Desired::build(&c, &s, "b");
+        let mut o = up_bridge(&d);
+        o.routes.insert(RouteKey { addr: "192.0.2.9".parse().unwrap(), metric: 0, ifindex: 7 });
+        let p = plan(&d, &o, Options::default(), 44);
+        assert!(p.ops.is_empty());
+        assert_eq!(p.held_deletions, 1);
+    }
+
+    /// After a host reboot, hook entries of the old boot are parked: no route.
+    #[test]
+    fn volatile_entries_of_an_old_boot_are_parked() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![
+                vm("old", "52:54:00:00:00:01", &["192.0.2.1"], Source::Hook, Some("boot-a")),
+                vm("now", "52:54:00:00:00:02", &["192.0.2.2"], Source::Hook, Some("boot-b")),
+                vm("admin", "52:54:00:00:00:03", &["192.0.2.3"], Source::Cli, None),
+            ]),
+            "boot-b",
+        );
+        assert_eq!(d.parked.len(), 1);
+        let ips: Vec<String> = d.addrs.keys().map(|a| a.to_string()).collect();
+        assert_eq!(ips, ["192.0.2.2", "192.0.2.3"]);
+    }
+
+    /// A down bridge is respected by a running daemon; routes wait for link up.
+    #[test]
+    fn down_bridge_waits_unless_bringing_up() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![vm("a", "52:54:00:00:00:01", &["192.0.2.1"], Source::Cli, None)]),
+            "b",
+        );
+        let mut o = up_bridge(&d);
+        o.bridge.as_mut().unwrap().up = false;
+        let p = plan(&d, &o, Options::default(), 44);
+        assert!(p.ops.is_empty() && p.waiting.is_some());
+        let p = plan(&d, &o, Options { bring_up: true }, 44);
+        assert_eq!(p.ops[0], Op::SetBridgeUp);
+        assert_eq!(p.ops.len(), 3);
+    }
+
+    #[test]
+    fn takeover_refuses_foreign_ports_and_addresses() {
+        let c = cfg();
+        let mut v = vm("a", "52:54:00:00:00:01", &["192.0.2.1"], Source::Cli, None);
+        v.nics[0].port = Some("vm1p".parse().unwrap());
+        let d = Desired::build(&c, &snap(vec![v]), "b");
+        let mut o = up_bridge(&d);
+        let ob = o.bridge.as_mut().unwrap();
+        ob.ports = vec![
+            PortObs { name: "vm1p".into(), kind: PortKind::Veth, mac: None },
+            PortObs { name: "vnet3".into(), kind: PortKind::Tun, mac: None },
+            PortObs {
+                name: "x".into(),
+                kind: PortKind::Veth,
+                mac: Some("fe:54:00:00:00:01".parse().unwrap()),
+            },
+        ];
+        ob.addrs.insert(IfAddr { addr: "fe80::c00:ff:fe00:1".parse().unwrap(), prefix: 64 });
+        assert!(takeover_refusals(&d, &o).is_empty());
+        let ob = o.bridge.as_mut().unwrap();
+        ob.ports.push(PortObs { name: "eno1".into(), kind: PortKind::Other("device".into()), mac: None });
+        ob.addrs.insert(IfAddr { addr: "10.1.1.5".parse().unwrap(), prefix: 24 });
+        let why = takeover_refusals(&d, &o);
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert!(why[0].contains("eno1") && why[1].contains("10.1.1.5/24"));
+    }
+}

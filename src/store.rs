@@ -1,0 +1,256 @@
+//! The desired state: one JSON file per VM in `state_dir` (design.md §2).
+//!
+//! Contract:
+//! - A write is atomic: temp file, fsync, rename, directory fsync. A `kill -9` at any
+//!   moment leaves the old file or the new one, never a torn one.
+//! - Writers serialise on an exclusive lock (`state_dir/.lock`); a writer reads, checks
+//!   and writes under one lock, so two concurrent `vm add` cannot both claim an address.
+//!   Readers take no lock: they only ever see whole files.
+//! - A file that cannot be parsed is reported in [`Snapshot::errors`], never dropped: it
+//!   means "this VM is in error", not "this VM is absent".
+//! - Each file carries `"version": 1`.
+//!
+//! Data flows in from the CLI (and later the hook and the CloudStack shim) and out to
+//! the reconcile pass, which only reads.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{VmName, VmSpec};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct FileFormat {
+    version: u32,
+    #[serde(flatten)]
+    vm: VmSpec,
+}
+
+/// Everything the state dir held at one read.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub vms: BTreeMap<VmName, VmSpec>,
+    /// File name to reason, for files that exist but could not be used.
+    pub errors: BTreeMap<String, String>,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while writing; dropping it releases the lock.
+pub struct WriteLock {
+    _file: File,
+}
+
+impl Store {
+    /// Opens the state dir, creating it if needed.
+    pub fn open(dir: &Path) -> Result<Store> {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        Ok(Store { dir: dir.to_owned() })
+    }
+
+    /// Opens the state dir for reading only; a missing dir reads as empty.
+    pub fn at(dir: &Path) -> Store {
+        Store { dir: dir.to_owned() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path_of(&self, name: &VmName) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// Takes the writers' lock, waiting for other writers.
+    pub fn lock(&self) -> Result<WriteLock> {
+        let path = self.dir.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open lock file {}", path.display()))?;
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(WriteLock { _file: file })
+    }
+
+    /// Reads every VM file. I/O errors on the directory itself fail the whole read (the
+    /// caller must not mistake an unreadable dir for an empty one); a bad file only
+    /// lands in `errors`.
+    pub fn load(&self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(snap),
+            Err(e) => return Err(e).with_context(|| format!("cannot read state dir {}", self.dir.display())),
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read state dir {}", self.dir.display()))?;
+            let fname = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = fname.strip_suffix(".json") else { continue };
+            if fname.starts_with('.') {
+                continue; // temp files and the lock
+            }
+            match self.load_file(&entry.path(), stem) {
+                Ok(vm) => {
+                    snap.vms.insert(vm.name.clone(), vm);
+                }
+                Err(reason) => {
+                    snap.errors.insert(fname, reason);
+                }
+            }
+        }
+        Ok(snap)
+    }
+
+    fn load_file(&self, path: &Path, stem: &str) -> std::result::Result<VmSpec, String> {
+        let name: VmName = stem.parse().map_err(|e: crate::model::Invalid| e.0)?;
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) => return Err(format!("cannot read: {}", crate::config::io_reason(&e))),
+        };
+        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .map_err(|e| format!("not valid JSON: {e}"))?
+            .get("version")
+            .and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v == u64::from(FORMAT_VERSION) => {}
+            Some(v) => {
+                return Err(format!(
+                    "format version {v} is not supported (this hvroute reads {FORMAT_VERSION})"
+                ));
+            }
+            None => return Err("no format version".into()),
+        }
+        let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| format!("invalid: {e}"))?;
+        if f.vm.name != name {
+            return Err(format!("file names VM {} but is called {stem}.json", f.vm.name));
+        }
+        f.vm.check_shape().map_err(|e| e.0)?;
+        Ok(f.vm)
+    }
+
+    /// Reads one VM, if present and valid.
+    pub fn get(&self, name: &VmName) -> Result<Option<VmSpec>> {
+        let path = self.path_of(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        self.load_file(&path, name.as_str())
+            .map(Some)
+            .map_err(|r| anyhow::anyhow!("state file {} is unusable: {r}", path.display()))
+    }
+
+    /// Writes one VM atomically. Call with the lock held.
+    pub fn put(&self, _lock: &WriteLock, vm: &VmSpec) -> Result<()> {
+        self.sweep_temp_files();
+        let path = self.path_of(&vm.name);
+        let tmp = self.dir.join(format!(".{}.json.tmp", vm.name));
+        let mut bytes = serde_json::to_vec_pretty(&FileFormat { version: FORMAT_VERSION, vm: vm.clone() })?;
+        bytes.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+        drop(f);
+        fs::rename(&tmp, &path)
+            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+        self.sync_dir()
+    }
+
+    /// Removes one VM. Returns whether it existed. Call with the lock held.
+    pub fn remove(&self, _lock: &WriteLock, name: &VmName) -> Result<bool> {
+        let path = self.path_of(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync_dir()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync state dir {}", self.dir.display()))
+    }
+
+    /// A writer killed between create and rename leaves a temp file. With the lock held
+    /// no other writer is mid-write, so every temp file is stale.
+    fn sweep_temp_files(&self) {
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                if n.starts_with('.') && n.ends_with(".json.tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Nic, Source};
+
+    fn vm(name: &str, mac: &str, ips: &[&str]) -> VmSpec {
+        VmSpec {
+            name: name.parse().unwrap(),
+            nics: vec![Nic {
+                mac: mac.parse().unwrap(),
+                addresses: ips.iter().map(|s| s.parse().unwrap()).collect(),
+                port: None,
+            }],
+            source: Source::Cli,
+            boot_id: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_errors_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock = store.lock().unwrap();
+        let a = vm("i-2-10-VM", "52:54:00:00:00:01", &["192.0.2.10", "2001:db8:100::10"]);
+        store.put(&lock, &a).unwrap();
+        fs::write(dir.path().join("broken.json"), b"{\"version\":1,").unwrap();
+        fs::write(dir.path().join("future.json"), b"{\"version\":9}").unwrap();
+        fs::write(dir.path().join("bad name.json"), b"{}").unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.vms.len(), 1);
+        assert_eq!(snap.vms.values().next().unwrap(), &a);
+        assert_eq!(snap.errors.len(), 3, "{:?}", snap.errors);
+        assert!(snap.errors["future.json"].contains("version 9"));
+        let text = fs::read_to_string(dir.path().join("i-2-10-VM.json")).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(store.remove(&lock, &a.name).unwrap());
+        assert!(!store.remove(&lock, &a.name).unwrap());
+    }
+
+    #[test]
+    fn stale_temp_files_are_ignored_and_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        fs::write(dir.path().join(".x.json.tmp"), b"{\"vers").unwrap();
+        assert!(store.load().unwrap().errors.is_empty());
+        let lock = store.lock().unwrap();
+        store.put(&lock, &vm("x", "52:54:00:00:00:01", &["192.0.2.1"])).unwrap();
+        assert!(!dir.path().join(".x.json.tmp").exists());
+    }
+}
