@@ -91,14 +91,16 @@ impl Fake {
     }
 }
 
-impl Kernel for Fake {
-    async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
+impl Fake {
+    /// What `observe` returns, without the async wrapper.
+    pub fn observe_now(&self, desired: &Desired) -> Observed {
         let mut o = self.state.clone();
         o.sysctls.retain(|k, _| desired.bridge.sysctls.contains_key(k));
-        Ok(o)
+        o
     }
 
-    async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
+    /// What `apply` does, without the async wrapper.
+    pub fn apply_now(&mut self, plan: &Plan) -> Vec<OpError> {
         let mut errors = Vec::new();
         for op in &plan.ops {
             if self.fail_next > 0 {
@@ -112,5 +114,35 @@ impl Kernel for Fake {
             }
         }
         errors
+    }
+}
+
+impl Kernel for Fake {
+    async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
+        Ok(self.observe_now(desired))
+    }
+
+    async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
+        self.apply_now(plan)
+    }
+}
+
+/// A fake shared between a running daemon and the test that drives it.
+#[derive(Clone, Default)]
+pub struct SharedFake(pub std::rc::Rc<std::cell::RefCell<Fake>>);
+
+impl SharedFake {
+    pub fn new() -> SharedFake {
+        SharedFake(std::rc::Rc::new(std::cell::RefCell::new(Fake::new())))
+    }
+}
+
+impl Kernel for SharedFake {
+    async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
+        Ok(self.0.borrow().observe_now(desired))
+    }
+
+    async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
+        self.0.borrow_mut().apply_now(plan)
     }
 }
