@@ -36,7 +36,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 pub enum Input {
     Hint(Hint),
-    StateDirChanged,
+    /// Files of the state dir that changed (by name); `None` when unknown (overflow).
+    StateDirChanged(Option<Vec<String>>),
     Control(Request, oneshot::Sender<serde_json::Value>),
 }
 
@@ -104,7 +105,10 @@ impl<K: Kernel> Daemon<K> {
             let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
             info!(ops = out.plan.ops.len(), counts = %counts.join(" "), ms = format!("{:.1}", out.timings.total_ms), "applied plan");
         }
-        if let Some(w) = &out.plan.waiting {
+        let was_waiting = self.last_pass.as_ref().and_then(|p| p.waiting.as_ref());
+        if let Some(w) = &out.plan.waiting
+            && was_waiting != Some(w)
+        {
             info!(waiting = %w, "pass waits");
         }
         for e in &out.errors {
@@ -167,7 +171,10 @@ impl<K: Kernel> Daemon<K> {
                             tracing::debug!(why, "kernel hint");
                             due = Some(due.map_or(soon, |d| d.min(soon)));
                         }
-                        Input::StateDirChanged => due = Some(due.map_or(soon, |d| d.min(soon))),
+                        Input::StateDirChanged(files) => {
+                            self.store.invalidate(files.as_deref());
+                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                        }
                         Input::Control(Request::Reconcile, reply) => {
                             waiters.push(reply);
                             due = Some(due.map_or(soon, |d| d.min(soon)));
@@ -228,17 +235,32 @@ fn watch_state_dir(
     dir: &std::path::Path,
     tx: mpsc::UnboundedSender<Input>,
 ) -> Result<notify::RecommendedWatcher> {
+    use notify::EventKind;
     use notify::{RecursiveMode, Watcher};
     let mut w = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        let relevant = match &ev {
-            Ok(e) => e.paths.iter().any(|p| {
-                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                n.ends_with(".json") && !n.starts_with('.')
-            }),
-            Err(_) => true,
+        let input = match ev {
+            // Reads (our own passes open every file) and metadata changes are not changes.
+            Ok(e)
+                if matches!(
+                    e.kind,
+                    EventKind::Access(_) | EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+                ) =>
+            {
+                None
+            }
+            Ok(e) => {
+                let files: Vec<String> = e
+                    .paths
+                    .iter()
+                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+                    .collect();
+                (!files.is_empty()).then_some(Input::StateDirChanged(Some(files)))
+            }
+            Err(_) => Some(Input::StateDirChanged(None)),
         };
-        if relevant {
-            let _ = tx.send(Input::StateDirChanged);
+        if let Some(i) = input {
+            let _ = tx.send(i);
         }
     })
     .context("cannot watch the state dir")?;

@@ -13,10 +13,12 @@
 //! Data flows in from the CLI (and later the hook and the CloudStack shim) and out to
 //! the reconcile pass, which only reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -42,6 +44,33 @@ pub struct Snapshot {
 
 pub struct Store {
     dir: PathBuf,
+    /// Parsed files by name, with the stamp they were parsed at. A pass still lists and
+    /// stats every file; only unchanged files skip the read and the parse. The daemon
+    /// also drops entries that notify names, so a rewrite that keeps every stamp field
+    /// (inode reuse within one timestamp tick) cannot serve stale data.
+    cache: Mutex<HashMap<String, CacheEntry>>,
+}
+
+type CacheEntry = (Stamp, std::result::Result<VmSpec, String>);
+
+/// What identifies one version of a file: atomic writes always make a new inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        Stamp {
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 /// Held while writing; dropping it releases the lock.
@@ -53,12 +82,23 @@ impl Store {
     /// Opens the state dir, creating it if needed.
     pub fn open(dir: &Path) -> Result<Store> {
         fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
-        Ok(Store { dir: dir.to_owned() })
+        Ok(Store::at(dir))
     }
 
     /// Opens the state dir for reading only; a missing dir reads as empty.
     pub fn at(dir: &Path) -> Store {
-        Store { dir: dir.to_owned() }
+        Store { dir: dir.to_owned(), cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// Forgets the parsed copy of these files (by file name), or of all files.
+    pub fn invalidate(&self, files: Option<&[String]>) {
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        match files {
+            Some(names) => names.iter().for_each(|n| {
+                c.remove(n);
+            }),
+            None => c.clear(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -92,6 +132,8 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(snap),
             Err(e) => return Err(e).with_context(|| format!("cannot read state dir {}", self.dir.display())),
         };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = Vec::new();
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot read state dir {}", self.dir.display()))?;
             let fname = entry.file_name().to_string_lossy().into_owned();
@@ -99,14 +141,30 @@ impl Store {
             if fname.starts_with('.') {
                 continue; // temp files and the lock
             }
-            match self.load_file(&entry.path(), stem) {
+            let stamp = entry.metadata().ok().map(|m| Stamp::of(&m));
+            let parsed = match (stamp, cache.get(&fname)) {
+                (Some(now), Some((then, parsed))) if now == *then => parsed.clone(),
+                _ => {
+                    let parsed = self.load_file(&entry.path(), stem);
+                    if let Some(now) = stamp {
+                        cache.insert(fname.clone(), (now, parsed.clone()));
+                    }
+                    parsed
+                }
+            };
+            match parsed {
                 Ok(vm) => {
                     snap.vms.insert(vm.name.clone(), vm);
                 }
                 Err(reason) => {
-                    snap.errors.insert(fname, reason);
+                    snap.errors.insert(fname.clone(), reason);
                 }
             }
+            seen.push(fname);
+        }
+        if cache.len() > seen.len() {
+            let seen: std::collections::HashSet<&String> = seen.iter().collect();
+            cache.retain(|k, _| seen.contains(k));
         }
         Ok(snap)
     }
@@ -117,20 +175,21 @@ impl Store {
             Ok(b) => b,
             Err(e) => return Err(format!("cannot read: {}", crate::config::io_reason(&e))),
         };
-        let version = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .map_err(|e| format!("not valid JSON: {e}"))?
-            .get("version")
-            .and_then(|v| v.as_u64());
-        match version {
-            Some(v) if v == u64::from(FORMAT_VERSION) => {}
-            Some(v) => {
-                return Err(format!(
-                    "format version {v} is not supported (this hvroute reads {FORMAT_VERSION})"
-                ));
+        let f: FileFormat = match serde_json::from_slice::<FileFormat>(&bytes) {
+            Ok(f) if f.version == FORMAT_VERSION => f,
+            // Slow path, for a useful message: is it JSON at all, and which version?
+            other => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("not valid JSON: {e}"))?;
+                return Err(match v.get("version").and_then(|v| v.as_u64()) {
+                    Some(n) if n != u64::from(FORMAT_VERSION) => {
+                        format!("format version {n} is not supported (this hvroute reads {FORMAT_VERSION})")
+                    }
+                    None => "no format version".into(),
+                    Some(_) => format!("invalid: {}", other.err().map(|e| e.to_string()).unwrap_or_default()),
+                });
             }
-            None => return Err("no format version".into()),
-        }
-        let f: FileFormat = serde_json::from_slice(&bytes).map_err(|e| format!("invalid: {e}"))?;
+        };
         if f.vm.name != name {
             return Err(format!("file names VM {} but is called {stem}.json", f.vm.name));
         }
@@ -241,6 +300,27 @@ mod tests {
         assert!(text.contains("\"version\": 1"), "{text}");
         assert!(store.remove(&lock, &a.name).unwrap());
         assert!(!store.remove(&lock, &a.name).unwrap());
+    }
+
+    /// The parse cache must never hide a rewrite or a removal from the next pass.
+    #[test]
+    fn cached_reads_follow_rewrites_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let lock = store.lock().unwrap();
+        store.put(&lock, &vm("a", "52:54:00:00:00:01", &["192.0.2.1"])).unwrap();
+        store.put(&lock, &vm("b", "52:54:00:00:00:02", &["192.0.2.2"])).unwrap();
+        assert_eq!(store.load().unwrap().vms.len(), 2);
+        let a2 = vm("a", "52:54:00:00:00:01", &["192.0.2.3"]);
+        store.put(&lock, &a2).unwrap();
+        store.remove(&lock, &"b".parse().unwrap()).unwrap();
+        let snap = store.load().unwrap();
+        assert_eq!(snap.vms.len(), 1);
+        assert_eq!(snap.vms.values().next().unwrap(), &a2);
+        // A file broken in place (same inode) is seen too.
+        fs::write(dir.path().join("a.json"), b"{").unwrap();
+        store.invalidate(Some(&["a.json".to_string()]));
+        assert_eq!(store.load().unwrap().errors.len(), 1);
     }
 
     #[test]

@@ -98,7 +98,7 @@ async fn state_dir_change_is_applied_after_the_debounce_not_the_resync() {
             "first pass creates the bridge up"
         );
         rig.add("vm1", "192.0.2.10");
-        tx.send(Input::StateDirChanged).unwrap();
+        tx.send(Input::StateDirChanged(None)).unwrap();
         sleep(Duration::from_millis(5)).await;
         assert!(!rig.routed("192.0.2.10"), "debounce: no pass before 20 ms");
         sleep(Duration::from_millis(30)).await;
@@ -164,7 +164,7 @@ async fn failed_ops_are_retried_with_backoff() {
         sleep(Duration::from_millis(1)).await;
         rig.fake.0.borrow_mut().fail_next = 2;
         rig.add("vm1", "192.0.2.10");
-        tx.send(Input::StateDirChanged).unwrap();
+        tx.send(Input::StateDirChanged(None)).unwrap();
         sleep(Duration::from_millis(50)).await;
         assert!(!rig.routed("192.0.2.10") || !rig.neighbour("192.0.2.10"), "the injected failures hit");
         sleep(Duration::from_millis(1100)).await;

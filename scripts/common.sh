@@ -1,0 +1,183 @@
+# shellcheck shell=bash
+# Helpers shared by the scripts in scripts/. Source this file; do not run it.
+#
+#   source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+#
+# Set `log_prefix` before sourcing (or after) to name the messages, e.g. log_prefix=lab.
+#
+# Provides:
+#   repo_root                      absolute path of the repository (the parent of scripts/)
+#   log MSG... / warn MSG... / die MSG...   progress, warning, fatal error (exit 1)
+#   need_root                      fail unless running as root
+#   ensure_packages [PKG...]       install the missing Debian packages among the defaults and PKG...
+#   ensure_cargo                   make cargo/rustc (>= 1.85) available on PATH, or fail
+#   wait_until TIMEOUT_S DESCRIPTION CMD...   poll CMD every 0.1 s until it succeeds or time runs out
+
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    echo "common.sh holds helpers for the other scripts: source it, do not run it." >&2
+    exit 2
+fi
+
+if [[ -n "${_hvroute_common_loaded:-}" ]]; then
+    return 0
+fi
+_hvroute_common_loaded=1
+
+: "${log_prefix:=hvroute}"
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+readonly repo_root
+
+# The minimum rustc: the crate uses edition 2024.
+readonly rust_min_version="1.85"
+
+# Debian packages every script here may rely on. build-essential brings cc and the libc
+# development files that rustc's linker step needs.
+readonly default_packages=(iproute2 iputils-ping procps python3 ca-certificates build-essential)
+
+log() {
+    printf '%s: %s\n' "$log_prefix" "$*"
+}
+
+warn() {
+    printf '%s: warning: %s\n' "$log_prefix" "$*" >&2
+}
+
+die() {
+    printf '%s: error: %s\n' "$log_prefix" "$*" >&2
+    exit 1
+}
+
+need_root() {
+    if [[ "$(id -u)" -ne 0 ]]; then
+        die "this needs root (it creates network namespaces and installs packages); run it with sudo."
+    fi
+}
+
+# True if the Debian package is installed (not merely known or half-configured).
+_pkg_installed() {
+    local status
+    status="$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" || return 1
+    [[ "$status" == "install ok installed" ]]
+}
+
+_apt_updated=""
+
+_apt_update_once() {
+    if [[ -z "$_apt_updated" ]]; then
+        log "apt-get update"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        _apt_updated=1
+    fi
+}
+
+# ensure_packages [PKG...]: install (without recommends) whichever of the default packages and
+# PKG... are missing. Runs `apt-get update` once, and only when something must be installed.
+# shellcheck disable=SC2120  # the arguments are optional
+ensure_packages() {
+    local pkg
+    local -a missing=()
+    for pkg in "${default_packages[@]}" "$@"; do
+        if ! _pkg_installed "$pkg"; then
+            missing+=("$pkg")
+        fi
+    done
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        return 0
+    fi
+    need_root
+    log "installing missing packages: ${missing[*]}"
+    _apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        || die "apt-get install ${missing[*]} failed."
+}
+
+# version_ge A B: true if dotted version A >= B (numeric parts, missing parts count as 0).
+version_ge() {
+    local -a a b
+    local i
+    IFS=. read -r -a a <<<"$1"
+    IFS=. read -r -a b <<<"$2"
+    for ((i = 0; i < ${#a[@]} || i < ${#b[@]}; i++)); do
+        local x="${a[i]:-0}" y="${b[i]:-0}"
+        x="${x%%[!0-9]*}" y="${y%%[!0-9]*}"
+        ((10#${x:-0} > 10#${y:-0})) && return 0
+        ((10#${x:-0} < 10#${y:-0})) && return 1
+    done
+    return 0
+}
+
+# ensure_cargo: put ~/.cargo/bin on PATH if it exists; if cargo is still missing, try Debian's
+# rustc-web and cargo-web. Fails unless rustc >= 1.85 is what ends up on PATH.
+ensure_cargo() {
+    local cargo_bin="${CARGO_HOME:-${HOME:-/root}/.cargo}/bin"
+    if [[ -d "$cargo_bin" && ":$PATH:" != *":$cargo_bin:"* ]]; then
+        PATH="$cargo_bin:$PATH"
+        export PATH
+    fi
+    if ! command -v cargo >/dev/null 2>&1 || ! command -v rustc >/dev/null 2>&1; then
+        # Debian 12's plain rustc is 1.63, too old for edition 2024; rustc-web and cargo-web
+        # (bookworm-security) carry a current toolchain.
+        log "cargo not found; trying Debian's rustc-web and cargo-web"
+        need_root
+        _apt_update_once
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rustc-web cargo-web \
+            || warn "apt-get install rustc-web cargo-web failed"
+    fi
+    local version=""
+    if command -v rustc >/dev/null 2>&1; then
+        version="$(rustc --version 2>/dev/null | awk '{print $2}')"
+    fi
+    if [[ -z "$version" ]] || ! command -v cargo >/dev/null 2>&1 \
+        || ! version_ge "${version%%-*}" "$rust_min_version"; then
+        die "a Rust >= $rust_min_version toolchain is needed (found: ${version:-none}); install it with rustup and put ~/.cargo/bin on PATH."
+    fi
+}
+
+# _now_ms: milliseconds since the epoch.
+_now_ms() {
+    local ns
+    ns="$(date +%s%N)"
+    echo $((ns / 1000000))
+}
+
+# wait_until TIMEOUT_S DESCRIPTION CMD...
+# Runs CMD (quietly) every 0.1 s until it exits 0 or TIMEOUT_S seconds (may have up to 3
+# decimals) have passed. On timeout it prints what it waited for and CMD's last output, and
+# returns 1. CMD runs in a subshell, so it cannot change the caller's variables.
+wait_until() {
+    if [[ $# -lt 3 ]]; then
+        die "usage: wait_until TIMEOUT_S DESCRIPTION CMD..."
+    fi
+    local timeout="$1" desc="$2"
+    shift 2
+    local sec frac timeout_ms
+    if [[ ! "$timeout" =~ ^([0-9]+)(\.([0-9]{1,3}))?$ ]]; then
+        die "wait_until: timeout '$timeout' is not a number of seconds."
+    fi
+    sec="${BASH_REMATCH[1]}"
+    frac="${BASH_REMATCH[3]:-0}"
+    while [[ ${#frac} -lt 3 ]]; do frac="${frac}0"; done
+    timeout_ms=$((10#$sec * 1000 + 10#$frac))
+
+    local start deadline out="" rc=0
+    start="$(_now_ms)"
+    deadline=$((start + timeout_ms))
+    while true; do
+        rc=0
+        out="$("$@" 2>&1)" || rc=$?
+        if [[ $rc -eq 0 ]]; then
+            return 0
+        fi
+        if (($(_now_ms) >= deadline)); then
+            break
+        fi
+        sleep 0.1
+    done
+    printf '%s: timed out after %ss waiting for %s (last exit %d)\n' "$log_prefix" "$timeout" "$desc" "$rc" >&2
+    if [[ -n "$out" ]]; then
+        printf '%s\n' "$out" | tail -n 5 | sed 's/^/    /' >&2
+    fi
+    return 1
+}
