@@ -191,6 +191,8 @@ pub struct Observed {
     pub routes: BTreeSet<RouteKey>,
     /// Neighbours carrying hvroute's protocol number: (address, ifindex) to MAC.
     pub neighs: BTreeMap<(IpAddr, u32), Option<Mac>>,
+    /// hvroute's nftables rule dropping ICMPv6 redirects out of the bridge is in place.
+    pub redirect_filter: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -205,16 +207,43 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
-    CreateBridge { name: String, mac: Mac, mtu: u32 },
-    SetBridgeMac { mac: Mac },
-    SetBridgeMtu { mtu: u32 },
-    AddBridgeAddr { addr: IfAddr },
-    SetSysctl { key: String, value: String },
+    CreateBridge {
+        name: String,
+        mac: Mac,
+        mtu: u32,
+    },
+    SetBridgeMac {
+        mac: Mac,
+    },
+    SetBridgeMtu {
+        mtu: u32,
+    },
+    AddBridgeAddr {
+        addr: IfAddr,
+    },
+    SetSysctl {
+        key: String,
+        value: String,
+    },
     SetBridgeUp,
-    DelNeigh { addr: IpAddr, ifindex: u32 },
-    DelRoute { addr: IpAddr, metric: u32, ifindex: u32 },
-    ReplaceRoute { addr: IpAddr },
-    ReplaceNeigh { addr: IpAddr, mac: Mac },
+    /// Drop ICMPv6 redirects out of the bridge (nftables table `inet hvroute`).
+    InstallRedirectFilter,
+    DelNeigh {
+        addr: IpAddr,
+        ifindex: u32,
+    },
+    DelRoute {
+        addr: IpAddr,
+        metric: u32,
+        ifindex: u32,
+    },
+    ReplaceRoute {
+        addr: IpAddr,
+    },
+    ReplaceNeigh {
+        addr: IpAddr,
+        mac: Mac,
+    },
 }
 
 impl Op {
@@ -226,7 +255,8 @@ impl Op {
             | Op::SetBridgeMtu { .. }
             | Op::AddBridgeAddr { .. }
             | Op::SetSysctl { .. }
-            | Op::SetBridgeUp => "bridge",
+            | Op::SetBridgeUp
+            | Op::InstallRedirectFilter => "bridge",
             Op::DelNeigh { .. } => "neigh_del",
             Op::DelRoute { .. } => "route_del",
             Op::ReplaceRoute { .. } => "route_add",
@@ -280,6 +310,9 @@ impl fmt::Display for Plan {
                 Op::AddBridgeAddr { addr } => writeln!(f, "+ addr {addr} dev {br} nodad")?,
                 Op::SetSysctl { key, value } => writeln!(f, "~ sysctl {}={value}", key.replace('/', "."))?,
                 Op::SetBridgeUp => writeln!(f, "~ link {br} up")?,
+                Op::InstallRedirectFilter => {
+                    writeln!(f, "+ nft table inet hvroute: {}", crate::kernel::nft::redirect_rule(br))?
+                }
                 Op::DelNeigh { addr, ifindex } => writeln!(f, "- neigh {addr} ifindex {ifindex} proto {p}")?,
                 Op::DelRoute { addr, metric, ifindex } => writeln!(
                     f,
@@ -335,6 +368,9 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
         if o.sysctls.get(k) != Some(v) {
             p.ops.push(Op::SetSysctl { key: k.clone(), value: v.clone() });
         }
+    }
+    if !o.redirect_filter {
+        p.ops.push(Op::InstallRedirectFilter);
     }
     let up = if !up && opts.bring_up {
         p.ops.push(Op::SetBridgeUp);
@@ -480,6 +516,7 @@ mod tests {
                 ports: vec![],
             }),
             sysctls: d.bridge.sysctls.clone(),
+            redirect_filter: true,
             ..Observed::default()
         }
     }
@@ -507,6 +544,7 @@ mod tests {
 ~ sysctl net.ipv6.conf.all.forwarding=1
 ~ sysctl net.ipv6.conf.cloudbr0.accept_ra=0
 ~ sysctl net.ipv6.conf.cloudbr0.keep_addr_on_down=1
++ nft table inet hvroute: oifname \"cloudbr0\" icmpv6 type nd-redirect drop
 ~ link cloudbr0 up
 + route 192.0.2.10/32 dev cloudbr0 proto 44
 + route 2001:db8:100::10/128 dev cloudbr0 proto 44

@@ -97,6 +97,7 @@ fn observed() -> impl Strategy<Value = Observed> {
                     .map(|(addr, metric, ifindex)| RouteKey { addr, metric, ifindex })
                     .collect(),
                 neighs,
+                redirect_filter: sysctls_ok,
             }
         })
 }

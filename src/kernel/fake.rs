@@ -64,6 +64,7 @@ impl Fake {
             Op::SetBridgeMac { mac } => s.bridge.as_mut().ok_or("no such device")?.mac = Some(*mac),
             Op::SetBridgeMtu { mtu } => s.bridge.as_mut().ok_or("no such device")?.mtu = *mtu,
             Op::SetBridgeUp => s.bridge.as_mut().ok_or("no such device")?.up = true,
+            Op::InstallRedirectFilter => s.redirect_filter = true,
             Op::AddBridgeAddr { addr } => {
                 s.bridge.as_mut().ok_or("no such device")?.addrs.insert(*addr);
             }

@@ -11,6 +11,7 @@
 pub mod events;
 pub mod fake;
 pub mod netlink;
+pub mod nft;
 
 use crate::plan::{Desired, Observed, Op, Plan};
 

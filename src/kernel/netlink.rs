@@ -223,6 +223,10 @@ impl Netlink {
                 }
                 req.execute().await?;
             }
+            Op::InstallRedirectFilter => {
+                let bridge = self.bridge.clone();
+                tokio::task::spawn_blocking(move || super::nft::apply(&bridge)).await??;
+            }
             Op::SetSysctl { key, value } => {
                 let path = self.sysctl_root.join(key);
                 std::fs::write(&path, value).with_context(|| format!("cannot write {}", path.display()))?;
@@ -343,6 +347,8 @@ impl Kernel for Netlink {
             .filter_map(|k| self.read_sysctl(k).map(|v| (k.clone(), v)))
             .collect();
         // The two big dumps run in parallel on their own sockets (two runtime workers).
+        let bridge_name = self.bridge.clone();
+        let filter = tokio::task::spawn_blocking(move || super::nft::observe(&bridge_name));
         let t = std::time::Instant::now();
         let routes = tokio::spawn(Self::observe_routes(self.route_handle.clone(), self.proto));
         let neighs = self.observe_neighs().await?;
@@ -350,7 +356,8 @@ impl Kernel for Netlink {
         let routes = routes.await.context("route dump task failed")??;
         let both_ms = t.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(routes = routes.len(), neighs = neighs.len(), neighs_ms, both_ms, "observed");
-        Ok(Observed { bridge, sysctls, routes, neighs })
+        let redirect_filter = filter.await.context("nft check failed")?;
+        Ok(Observed { bridge, sysctls, routes, neighs, redirect_filter })
     }
 
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {

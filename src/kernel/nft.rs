@@ -1,0 +1,81 @@
+//! hvroute's nftables table, `inet hvroute`. For now it holds one rule: ICMPv6 redirects
+//! out of the managed bridge are dropped (design.md §1). IPv6 has no `send_redirects`
+//! sysctl; without the rule the host tells a guest to reach another guest directly at L2,
+//! so VM-to-VM IPv6 stops being routed through the host (and breaks once ports are
+//! isolated).
+//!
+//! Contract: only the table `inet hvroute` is ever written, in one `nft -f` transaction
+//! (atomic: no window with a half-built chain). Foreign tables are never read or touched.
+//! `nft` is forked once per pass to observe and only when needed to apply; neither is in
+//! the per-route path.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+
+pub const TABLE: &str = "inet hvroute";
+pub const CHAIN: &str = "bridge_out";
+
+/// The rule that must be present, as `nft list` prints it.
+pub fn redirect_rule(bridge: &str) -> String {
+    format!("oifname \"{bridge}\" icmpv6 type nd-redirect drop")
+}
+
+/// The whole transaction: create the table and chain if missing, then replace the chain's
+/// rules. `bridge` is a validated interface name, so it cannot break out of the quotes.
+pub fn render(bridge: &str) -> String {
+    format!(
+        "table {TABLE} {{\n  chain {CHAIN} {{\n    type filter hook output priority 0; policy accept;\n  }}\n}}\n\
+         flush chain {TABLE} {CHAIN}\n\
+         table {TABLE} {{\n  chain {CHAIN} {{\n    {} comment \"VM-to-VM traffic is routed, never redirected\"\n  }}\n}}\n",
+        redirect_rule(bridge)
+    )
+}
+
+/// Whether the redirect rule is in place. A missing table, a missing `nft` or any other
+/// failure reads as "not in place", so the plan installs it (and reports the error then).
+pub fn observe(bridge: &str) -> bool {
+    let out = Command::new("nft")
+        .args(["list", "chain", "inet", "hvroute", CHAIN])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.contains("hook output") && text.lines().any(|l| l.trim().starts_with(&redirect_rule(bridge)))
+        }
+        _ => false,
+    }
+}
+
+/// Loads the transaction with `nft -f -`.
+pub fn apply(bridge: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft (install nftables)")?;
+    child.stdin.take().expect("piped").write_all(render(bridge).as_bytes()).context("cannot write to nft")?;
+    let out = child.wait_with_output().context("nft did not finish")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!("nft refused the hvroute table: {}", err.lines().next().unwrap_or("").trim());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn render_is_one_transaction_for_our_table_only() {
+        let s = super::render("cloudbr0");
+        assert!(s.contains("oifname \"cloudbr0\" icmpv6 type nd-redirect drop"));
+        for line in s.lines().filter(|l| l.starts_with("table") || l.starts_with("flush")) {
+            assert!(line.contains("inet hvroute"), "{line}");
+        }
+    }
+}
