@@ -5,7 +5,7 @@
 //!   hint (netlink events, overflow), a control request, the periodic resync timer.
 //! - A dirty mark runs a full pass after a short debounce, so a burst of events costs one
 //!   pass. A pass that failed ops is retried with backoff.
-//! - The first pass takes over the bridge (refusing foreign ports or addresses unless
+//! - The first pass that gets through takes over the bridge (refusing foreign ports or addresses unless
 //!   forced) and brings it up; later passes respect an admin's link down and wait for
 //!   link up, which triggers a pass at once.
 //! - Stopping (SIGTERM, SIGINT) leaves kernel state in place: VM traffic survives a
@@ -48,6 +48,7 @@ pub struct Daemon<K: Kernel> {
     pub kernel: K,
     pub force: bool,
     passes: u64,
+    taken_over: bool,
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
     started: Instant,
@@ -62,6 +63,7 @@ impl<K: Kernel> Daemon<K> {
             kernel,
             force,
             passes: 0,
+            taken_over: false,
             last_pass: None,
             last_error: None,
             started: Instant::now(),
@@ -83,7 +85,10 @@ impl<K: Kernel> Daemon<K> {
     }
 
     /// Runs one pass and records its outcome. Returns whether it fully succeeded.
-    async fn pass(&mut self, first: bool) -> Result<bool, PassError> {
+    async fn pass(&mut self) -> Result<bool, PassError> {
+        // Until one pass has got through observation, each pass is the first: it checks
+        // the take-over and brings the bridge up.
+        let first = !self.taken_over;
         let opts = PassOptions { bring_up: first, check_takeover: first, force: self.force, dry_run: false };
         self.passes += 1;
         let n = self.passes;
@@ -101,6 +106,7 @@ impl<K: Kernel> Daemon<K> {
                 return Ok(false);
             }
         };
+        self.taken_over = true;
         if !out.plan.is_empty() {
             let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
             info!(ops = out.plan.ops.len(), counts = %counts.join(" "), ms = format!("{:.1}", out.timings.total_ms), "applied plan");
@@ -137,7 +143,7 @@ impl<K: Kernel> Daemon<K> {
     ) -> Result<(), PassError> {
         tokio::pin!(shutdown);
         let resync = Duration::from_secs(self.cfg.resync_interval_s);
-        let ok = self.pass(true).await?;
+        let ok = self.pass().await?;
         let mut backoff = Duration::from_secs(1);
         let mut due: Option<Instant> = (!ok).then(|| Instant::now() + backoff);
         let mut next_resync = Instant::now() + resync;
@@ -147,7 +153,7 @@ impl<K: Kernel> Daemon<K> {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = tokio::time::sleep_until(wake) => {
-                    let ok = self.pass(false).await?;
+                    let ok = self.pass().await?;
                     // Every pass is a full resync; the periodic one is due a whole
                     // interval after the last.
                     next_resync = Instant::now() + resync;

@@ -214,11 +214,23 @@ async fn reconcile_request_is_answered_after_a_fresh_pass() {
     .unwrap();
 }
 
-/// A bridge with a physical port is refused at start; nothing is programmed.
+/// A failed first observation (netlink busy at boot) must not skip the take-over
+/// check: the retry is still a first pass.
 #[tokio::test(start_paused = true)]
-async fn foreign_bridge_port_refuses_the_first_pass() {
+async fn take_over_is_checked_by_the_first_pass_that_gets_through() {
     let rig = Rig::new();
     rig.add("vm1", "192.0.2.10");
+    foreign_bridge(&rig);
+    rig.fake.0.borrow_mut().fail_observe = 1;
+    let mut d = rig.daemon();
+    let (_tx, rx) = mpsc::unbounded_channel();
+    let r = drive(&mut d, rx, async { sleep(Duration::from_secs(3)).await }).await;
+    assert!(matches!(r, Err(PassError::Refused(_))), "{r:?}");
+    assert_eq!(d.passes(), 2);
+    assert!(!rig.routed("192.0.2.10"));
+}
+
+fn foreign_bridge(rig: &Rig) {
     rig.fake.0.borrow_mut().state.bridge = Some(hvroute::plan::BridgeObs {
         ifindex: 3,
         is_bridge: true,
@@ -232,6 +244,14 @@ async fn foreign_bridge_port_refuses_the_first_pass() {
             mac: None,
         }],
     });
+}
+
+/// A bridge with a physical port is refused at start; nothing is programmed.
+#[tokio::test(start_paused = true)]
+async fn foreign_bridge_port_refuses_the_first_pass() {
+    let rig = Rig::new();
+    rig.add("vm1", "192.0.2.10");
+    foreign_bridge(&rig);
     let mut d = rig.daemon();
     let (_tx, rx) = mpsc::unbounded_channel();
     let r = drive(&mut d, rx, async { sleep(Duration::from_millis(1)).await }).await;

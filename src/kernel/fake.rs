@@ -11,6 +11,8 @@ pub struct Fake {
     pub state: Observed,
     /// The next this-many ops fail.
     pub fail_next: usize,
+    /// The next this-many observations fail.
+    pub fail_observe: usize,
     pub ops_applied: usize,
     next_ifindex: u32,
 }
@@ -120,11 +122,21 @@ impl Fake {
 
 impl Kernel for Fake {
     async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
-        Ok(self.observe_now(desired))
+        self.observe_checked(desired)
     }
 
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
         self.apply_now(plan)
+    }
+}
+
+impl Fake {
+    fn observe_checked(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
+        if self.fail_observe > 0 {
+            self.fail_observe -= 1;
+            anyhow::bail!("injected observation failure");
+        }
+        Ok(self.observe_now(desired))
     }
 }
 
@@ -140,7 +152,7 @@ impl SharedFake {
 
 impl Kernel for SharedFake {
     async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed> {
-        Ok(self.0.borrow().observe_now(desired))
+        self.0.borrow_mut().observe_checked(desired)
     }
 
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
