@@ -180,7 +180,9 @@ fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result
     let out = rt.block_on(async {
         let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
         let opts = PassOptions { bring_up: true, check_takeover: true, force, dry_run };
-        Ok::<_, anyhow::Error>(reconcile::pass(cfg, &store, &boot_id, &mut k, opts).await?)
+        Ok::<_, anyhow::Error>(
+            reconcile::pass(cfg, &store, &boot_id, &mut k, &mut reconcile::Memo::default(), opts).await?,
+        )
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -314,7 +316,7 @@ fn cmd_vm_add(cfg: &Config, a: AddArgs) -> Result<()> {
         let snap = store.load()?;
         let file = format!("{}.json", vm.name);
         match snap.vms.get(&vm.name) {
-            Some(existing) if *existing == vm => {
+            Some(existing) if **existing == vm => {
                 println!("VM {} is already present with this spec; nothing to do", vm.name);
                 return Ok(());
             }
@@ -334,7 +336,7 @@ fn cmd_vm_add(cfg: &Config, a: AddArgs) -> Result<()> {
             }
             _ => {}
         }
-        model::check_conflicts(&vm, snap.vms.values(), &boot_id)?;
+        model::check_conflicts(&vm, snap.vms.values().map(|v| &**v), &boot_id)?;
         store.put(&lock, &vm)?;
     }
     poke_daemon(cfg, &format!("VM {} stored", vm.name))

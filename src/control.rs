@@ -30,6 +30,9 @@ pub struct PassSummary {
     pub total_ms: f64,
     #[serde(default)]
     pub waiting: Option<String>,
+    /// Where the pass spent its time.
+    #[serde(default)]
+    pub timings: crate::reconcile::Timings,
 }
 
 /// What the daemon says about itself.

@@ -49,6 +49,7 @@ pub struct Daemon<K: Kernel> {
     pub force: bool,
     passes: u64,
     taken_over: bool,
+    memo: reconcile::Memo,
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
     started: Instant,
@@ -64,6 +65,7 @@ impl<K: Kernel> Daemon<K> {
             force,
             passes: 0,
             taken_over: false,
+            memo: reconcile::Memo::default(),
             last_pass: None,
             last_error: None,
             started: Instant::now(),
@@ -94,15 +96,23 @@ impl<K: Kernel> Daemon<K> {
         let n = self.passes;
         let span = tracing::info_span!("pass", n);
         let _g = span.enter();
-        let out = match reconcile::pass(&self.cfg, &self.store, &self.boot_id, &mut self.kernel, opts).await {
+        let out = match reconcile::pass(
+            &self.cfg,
+            &self.store,
+            &self.boot_id,
+            &mut self.kernel,
+            &mut self.memo,
+            opts,
+        )
+        .await
+        {
             Ok(o) => o,
             Err(PassError::Refused(w)) => return Err(PassError::Refused(w)),
             Err(PassError::Failed(e)) => {
                 let msg = format!("{e:#}");
                 warn!(error = %msg, "pass failed; will retry");
                 self.last_error = Some(msg.clone());
-                self.last_pass =
-                    Some(PassSummary { pass: n, ops: 0, errors: vec![msg], total_ms: 0.0, waiting: None });
+                self.last_pass = Some(PassSummary { pass: n, errors: vec![msg], ..PassSummary::default() });
                 return Ok(false);
             }
         };
@@ -130,6 +140,7 @@ impl<K: Kernel> Daemon<K> {
             errors: out.errors.iter().map(|e| e.to_string()).collect(),
             total_ms: out.timings.total_ms,
             waiting: out.plan.waiting.clone(),
+            timings: out.timings.clone(),
         });
         Ok(out.errors.is_empty())
     }

@@ -5,6 +5,7 @@
 //! everything (level-triggered); it never trusts what an event said. It takes the
 //! kernel as a [`Kernel`] so loop tests can run it against the fake.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -12,7 +13,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::kernel::{Kernel, OpError};
 use crate::plan::{self, Desired, Options, Plan};
-use crate::store::Store;
+use crate::store::{Snapshot, Store};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PassOptions {
@@ -23,7 +24,7 @@ pub struct PassOptions {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Timings {
     pub read_ms: f64,
     pub observe_ms: f64,
@@ -59,6 +60,27 @@ pub enum PassError {
     Failed(#[from] anyhow::Error),
 }
 
+/// The desired state of the last pass, reused while the store returns the same snapshot
+/// (the store re-validates it every pass) and the boot id is the same.
+#[derive(Default)]
+pub struct Memo {
+    last: Option<(Arc<Snapshot>, String, Arc<Desired>)>,
+}
+
+impl Memo {
+    fn desired(&mut self, cfg: &Config, snap: &Arc<Snapshot>, boot_id: &str) -> Arc<Desired> {
+        if let Some((s, b, d)) = &self.last
+            && Arc::ptr_eq(s, snap)
+            && b == boot_id
+        {
+            return d.clone();
+        }
+        let d = Arc::new(Desired::build(cfg, snap, boot_id));
+        self.last = Some((snap.clone(), boot_id.to_owned(), d.clone()));
+        d
+    }
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -68,11 +90,12 @@ pub async fn pass<K: Kernel>(
     store: &Store,
     boot_id: &str,
     kernel: &mut K,
+    memo: &mut Memo,
     opts: PassOptions,
 ) -> Result<Outcome, PassError> {
     let t0 = Instant::now();
     let snap = store.load()?;
-    let desired = Desired::build(cfg, &snap, boot_id);
+    let desired = memo.desired(cfg, &snap, boot_id);
     let read_ms = ms(t0);
 
     let t = Instant::now();
@@ -101,7 +124,7 @@ pub async fn pass<K: Kernel>(
         parked: desired.parked.len(),
         addresses: desired.addrs.len(),
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
-        conflicts: desired.conflicts,
+        conflicts: desired.conflicts.clone(),
         timings: Timings { read_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
     })
 }

@@ -18,7 +18,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -37,21 +38,34 @@ struct FileFormat {
 /// Everything the state dir held at one read.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub vms: BTreeMap<VmName, VmSpec>,
+    pub vms: BTreeMap<VmName, Arc<VmSpec>>,
     /// File name to reason, for files that exist but could not be used.
     pub errors: BTreeMap<String, String>,
 }
 
 pub struct Store {
     dir: PathBuf,
-    /// Parsed files by name, with the stamp they were parsed at. A pass still lists and
-    /// stats every file; only unchanged files skip the read and the parse. The daemon
-    /// also drops entries that notify names, so a rewrite that keeps every stamp field
-    /// (inode reuse within one timestamp tick) cannot serve stale data.
-    cache: Mutex<HashMap<String, CacheEntry>>,
+    cache: Mutex<Cache>,
 }
 
-type CacheEntry = (Stamp, std::result::Result<VmSpec, String>);
+/// What the last read saw, so that a pass over an unchanged state dir costs a `stat`.
+///
+/// - Per file: the parse and the stamp it was parsed at; a changed stamp re-reads.
+/// - The whole snapshot, with the directory's stamp: every write renames into the
+///   directory, which changes its stamp, so an unchanged directory (and no notify event
+///   since, and a full sweep less than [`SWEEP_EVERY`] ago) returns the same snapshot.
+/// - The daemon feeds notify events to [`Store::invalidate`], so even a rewrite within one
+///   timestamp tick, or an edit in place, is never served stale.
+#[derive(Default)]
+struct Cache {
+    files: HashMap<String, (Stamp, std::result::Result<Arc<VmSpec>, String>)>,
+    dir: Option<Stamp>,
+    snapshot: Option<Arc<Snapshot>>,
+    swept: Option<Instant>,
+}
+
+/// The longest a cached snapshot is trusted without re-statting every file.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(300);
 
 /// What identifies one version of a file: atomic writes always make a new inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,17 +101,18 @@ impl Store {
 
     /// Opens the state dir for reading only; a missing dir reads as empty.
     pub fn at(dir: &Path) -> Store {
-        Store { dir: dir.to_owned(), cache: Mutex::new(HashMap::new()) }
+        Store { dir: dir.to_owned(), cache: Mutex::new(Cache::default()) }
     }
 
     /// Forgets the parsed copy of these files (by file name), or of all files.
     pub fn invalidate(&self, files: Option<&[String]>) {
         let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        c.snapshot = None;
         match files {
             Some(names) => names.iter().for_each(|n| {
-                c.remove(n);
+                c.files.remove(n);
             }),
-            None => c.clear(),
+            None => c.files.clear(),
         }
     }
 
@@ -125,14 +140,34 @@ impl Store {
     /// Reads every VM file. I/O errors on the directory itself fail the whole read (the
     /// caller must not mistake an unreadable dir for an empty one); a bad file only
     /// lands in `errors`.
-    pub fn load(&self) -> Result<Snapshot> {
+    pub fn load(&self) -> Result<Arc<Snapshot>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let dir_stamp = match fs::metadata(&self.dir) {
+            Ok(m) => Stamp::of(&m),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read state dir {}", self.dir.display())),
+        };
+        if let (Some(snap), Some(dir), Some(swept)) = (&cache.snapshot, cache.dir, cache.swept)
+            && dir == dir_stamp
+            && swept.elapsed() < SWEEP_EVERY
+        {
+            return Ok(snap.clone());
+        }
+        let snap = self.sweep(&mut cache)?;
+        cache.dir = Some(dir_stamp);
+        cache.swept = Some(Instant::now());
+        cache.snapshot = Some(snap.clone());
+        Ok(snap)
+    }
+
+    /// Lists and stats every file, re-reading those whose stamp changed.
+    fn sweep(&self, cache: &mut Cache) -> Result<Arc<Snapshot>> {
         let mut snap = Snapshot::default();
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(snap),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read state dir {}", self.dir.display())),
         };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = Vec::new();
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot read state dir {}", self.dir.display()))?;
@@ -142,12 +177,12 @@ impl Store {
                 continue; // temp files and the lock
             }
             let stamp = entry.metadata().ok().map(|m| Stamp::of(&m));
-            let parsed = match (stamp, cache.get(&fname)) {
+            let parsed = match (stamp, cache.files.get(&fname)) {
                 (Some(now), Some((then, parsed))) if now == *then => parsed.clone(),
                 _ => {
-                    let parsed = self.load_file(&entry.path(), stem);
+                    let parsed = self.load_file(&entry.path(), stem).map(Arc::new);
                     if let Some(now) = stamp {
-                        cache.insert(fname.clone(), (now, parsed.clone()));
+                        cache.files.insert(fname.clone(), (now, parsed.clone()));
                     }
                     parsed
                 }
@@ -162,11 +197,11 @@ impl Store {
             }
             seen.push(fname);
         }
-        if cache.len() > seen.len() {
+        if cache.files.len() > seen.len() {
             let seen: std::collections::HashSet<&String> = seen.iter().collect();
-            cache.retain(|k, _| seen.contains(k));
+            cache.files.retain(|k, _| seen.contains(k));
         }
-        Ok(snap)
+        Ok(Arc::new(snap))
     }
 
     fn load_file(&self, path: &Path, stem: &str) -> std::result::Result<VmSpec, String> {
@@ -293,7 +328,7 @@ mod tests {
         fs::write(dir.path().join("bad name.json"), b"{}").unwrap();
         let snap = store.load().unwrap();
         assert_eq!(snap.vms.len(), 1);
-        assert_eq!(snap.vms.values().next().unwrap(), &a);
+        assert_eq!(**snap.vms.values().next().unwrap(), a);
         assert_eq!(snap.errors.len(), 3, "{:?}", snap.errors);
         assert!(snap.errors["future.json"].contains("version 9"));
         let text = fs::read_to_string(dir.path().join("i-2-10-VM.json")).unwrap();
@@ -316,7 +351,7 @@ mod tests {
         store.remove(&lock, &"b".parse().unwrap()).unwrap();
         let snap = store.load().unwrap();
         assert_eq!(snap.vms.len(), 1);
-        assert_eq!(snap.vms.values().next().unwrap(), &a2);
+        assert_eq!(**snap.vms.values().next().unwrap(), a2);
         // A file broken in place (same inode) is seen too.
         fs::write(dir.path().join("a.json"), b"{").unwrap();
         store.invalidate(Some(&["a.json".to_string()]));

@@ -59,7 +59,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
         if broken {
             errors.insert("broken.json".to_string(), "not valid JSON".to_string());
         }
-        Snapshot { vms: vms.into_iter().map(|v| (v.name.clone(), v)).collect(), errors }
+        Snapshot { vms: vms.into_iter().map(|v| (v.name.clone(), std::sync::Arc::new(v))).collect(), errors }
     })
 }
 
