@@ -34,7 +34,7 @@ readonly rust_min_version="1.85"
 
 # Debian packages every script here may rely on. build-essential brings cc and the libc
 # development files that rustc's linker step needs.
-readonly default_packages=(iproute2 nftables iputils-ping procps python3 ca-certificates build-essential)
+readonly default_packages=(iproute2 nftables iputils-ping procps python3 ca-certificates build-essential frr)
 
 log() {
     printf '%s: %s\n' "$log_prefix" "$*"

@@ -76,6 +76,25 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// FRR's config for this host: print it, or put it in place once at install time.
+    #[command(subcommand)]
+    Frr(FrrCmd),
+}
+
+#[derive(Subcommand)]
+pub enum FrrCmd {
+    /// Print the full frr.conf for this host: BGP session, policies, and a `network` line
+    /// for each current VM address and loopback.
+    Render,
+    /// Show how frr.config_file and FRR's daemons file would change; --write changes them.
+    #[command(
+        after_help = "With --write, each changed file is first copied to FILE.hvroute-bak-<UTC time>, then replaced\natomically. FRR reads frr.conf only when it starts: restart FRR afterwards.\nThis is for installation: in operation hvroute edits FRR's running config and FRR saves it."
+    )]
+    Bootstrap {
+        /// Write frr.conf (keeping a backup) and set bgpd=yes in FRR's daemons file.
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -170,6 +189,99 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Vm(VmCmd::Del { name }) => cmd_vm_del(&cfg, &name),
         Cmd::Vm(VmCmd::List { json }) => cmd_vm_list(&cfg, json),
         Cmd::Status { json } => cmd_status(&cfg, json),
+        Cmd::Frr(FrrCmd::Render) => cmd_frr_render(&cfg),
+        Cmd::Frr(FrrCmd::Bootstrap { write }) => cmd_frr_bootstrap(&cfg, write),
+    }
+}
+
+/// The full frr.conf for this host, with the VM addresses the state dir holds now.
+fn frr_conf_now(cfg: &Config) -> Result<String> {
+    let boot_id = cfg.boot_id()?;
+    let snap = Store::at(&cfg.state_dir).load()?;
+    let desired = Desired::build(cfg, &snap, &boot_id);
+    for p in snap.errors.iter().map(|(f, r)| format!("state file {f}: {r}")).chain(desired.conflicts.clone())
+    {
+        eprintln!("hvroute: warning: {p}");
+    }
+    let prefixes: BTreeSet<std::net::IpAddr> = desired.addrs.keys().copied().collect();
+    crate::frr::render::render(cfg, &prefixes)
+}
+
+fn cmd_frr_render(cfg: &Config) -> Result<()> {
+    print!("{}", frr_conf_now(cfg)?);
+    Ok(())
+}
+
+fn cmd_frr_bootstrap(cfg: &Config, write: bool) -> Result<()> {
+    use crate::frr::bootstrap::Bootstrap;
+    let b = Bootstrap::plan(&cfg.frr.config_file, frr_conf_now(cfg)?)?;
+    if !b.changed() {
+        println!(
+            "no change: {} is as hvroute renders it and bgpd is enabled in {}",
+            b.frr_conf.path.display(),
+            b.daemons_path.display()
+        );
+        return Ok(());
+    }
+    print!("{}", b.diff());
+    if !write {
+        if b.daemons.is_none() {
+            eprintln!(
+                "hvroute: warning: FRR's daemons file {} does not exist; is FRR installed?",
+                b.daemons_path.display()
+            );
+        }
+        eprintln!("hvroute: nothing written; run `hvroute frr bootstrap --write` to make these changes");
+        return Ok(());
+    }
+    let done = b.write(std::time::SystemTime::now())?;
+    for (path, backup) in &done.files {
+        match backup {
+            Some(bak) => println!("wrote {} (the old file is {})", path.display(), bak.display()),
+            None => println!("wrote {} (new file)", path.display()),
+        }
+    }
+    println!(
+        "FRR reads these files only when it starts: restart FRR to load them (this host's routes are withdrawn briefly)"
+    );
+    Ok(())
+}
+
+/// What the FRR side of a one-shot pass did or would do.
+#[derive(Serialize)]
+struct FrrOnce {
+    /// The vtysh batch (frr.conf syntax); with `--dry-run`, what would be sent.
+    batch: String,
+    adds: usize,
+    dels: usize,
+    scaffolding: bool,
+    error: Option<String>,
+}
+
+async fn frr_once(cfg: &Config, desired: &Desired, dry_run: bool) -> FrrOnce {
+    let vtysh = crate::frr::vtysh::Vtysh::from_config(cfg);
+    let wanted = crate::frr::Wanted::build(cfg, desired.addrs.keys());
+    let r = async {
+        let scaffolding = crate::frr::scaffolding(cfg)?;
+        let running = crate::frr::parse_running(&vtysh.running_config().await?, cfg);
+        let p = crate::frr::plan(cfg, &wanted, &running, &scaffolding)?;
+        if !dry_run && !p.is_empty() {
+            crate::frr::sync(cfg, &vtysh, &wanted, &scaffolding, Some(&running)).await?;
+        }
+        Ok::<_, anyhow::Error>(p)
+    }
+    .await;
+    match r {
+        Ok(p) => {
+            FrrOnce { batch: p.batch, adds: p.adds, dels: p.dels, scaffolding: p.scaffolding, error: None }
+        }
+        Err(e) => FrrOnce {
+            batch: String::new(),
+            adds: 0,
+            dels: 0,
+            scaffolding: false,
+            error: Some(format!("{e:#}")),
+        },
     }
 }
 
@@ -184,12 +296,30 @@ fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result
             reconcile::pass(cfg, &store, &boot_id, &mut k, &mut reconcile::Memo::default(), opts).await?,
         )
     })?;
+    let frr = match (&out.desired, cfg.frr.enabled) {
+        (Some(d), true) => Some(rt.block_on(frr_once(cfg, d, dry_run))),
+        _ => None,
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        #[derive(Serialize)]
+        struct Both<'a> {
+            #[serde(flatten)]
+            kernel: &'a reconcile::Outcome,
+            frr: &'a Option<FrrOnce>,
+        }
+        println!("{}", serde_json::to_string_pretty(&Both { kernel: &out, frr: &frr })?);
     } else if dry_run {
         print!("{}", out.plan);
         if out.plan.is_empty() {
-            println!("# nothing to do: the kernel matches the state dir");
+            println!("# nothing to do in the kernel: it matches the state dir");
+        }
+        if let Some(f) = &frr {
+            if f.error.is_none() && f.batch.is_empty() {
+                println!("# nothing to do in FRR: bgpd holds exactly the VM prefixes");
+            }
+            for l in f.batch.lines() {
+                println!("frr> {l}");
+            }
         }
     } else {
         let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{v} {k}")).collect();
@@ -205,12 +335,23 @@ fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result
         if let Some(w) = &out.plan.waiting {
             println!("waiting: {w}");
         }
+        if let Some(f) = frr.as_ref().filter(|f| f.error.is_none()) {
+            println!(
+                "told FRR: {} network lines added, {} removed{}",
+                f.adds,
+                f.dels,
+                if f.scaffolding { ", hvroute's base config re-asserted" } else { "" }
+            );
+        }
     }
     for p in out.store_errors.iter().chain(&out.conflicts) {
         eprintln!("hvroute: warning: {p}");
     }
     if let Some(first) = out.errors.first() {
         anyhow::bail!("{} of {} ops failed; first: {first}", out.errors.len(), out.plan.ops.len());
+    }
+    if let Some(e) = frr.as_ref().and_then(|f| f.error.as_ref()) {
+        anyhow::bail!("the kernel is done, but FRR was not told: {e}");
     }
     Ok(())
 }
@@ -415,6 +556,8 @@ struct AddrStatus {
     address: HostAddr,
     route: bool,
     neighbour: bool,
+    /// bgpd holds the prefix as a valid local best path (null when FRR is not asked).
+    advertised: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -448,6 +591,8 @@ struct BridgeStatus {
 struct Status {
     bridge: BridgeStatus,
     daemon: Option<DaemonStatus>,
+    /// Null when `frr.enabled` is false.
+    frr: Option<FrrView>,
     vms: Vec<VmStatus>,
     store_errors: Vec<String>,
     conflicts: Vec<String>,
@@ -455,14 +600,30 @@ struct Status {
     waiting: Option<String>,
 }
 
+#[derive(Serialize)]
+struct FrrView {
+    reachable: bool,
+    error: Option<String>,
+    peers: Vec<crate::frr::PeerView>,
+}
+
 fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
     let boot_id = cfg.boot_id()?;
     let snap = Store::at(&cfg.state_dir).load()?;
     let desired = Desired::build(cfg, &snap, &boot_id);
-    let observed = runtime()?.block_on(async {
+    let rt = runtime()?;
+    let observed = rt.block_on(async {
         let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
         k.observe(&desired).await
     })?;
+    let bgp = cfg
+        .frr
+        .enabled
+        .then(|| rt.block_on(crate::frr::observe_bgp(&crate::frr::vtysh::Vtysh::from_config(cfg))));
+    let advertised = |ip: std::net::IpAddr| match &bgp {
+        Some(Ok(view)) => Some(view.local.contains(&ipnet::IpNet::from(ip))),
+        _ => None,
+    };
     let daemon =
         control::request::<DaemonStatus>(&cfg.socket, Request::Status, Duration::from_secs(5)).ok().flatten();
     let pending = plan::plan(&desired, &observed, Options::default(), cfg.route_protocol);
@@ -493,6 +654,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
                                     .any(|r| r.addr == a.0 && Some(r.ifindex) == br_index),
                                 neighbour: br_index
                                     .is_some_and(|i| observed.neighs.get(&(a.0, i)) == Some(&Some(n.mac))),
+                                advertised: advertised(a.0),
                             })
                             .collect(),
                     })
@@ -512,6 +674,10 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
             ports: b.map(|b| b.ports.clone()).unwrap_or_default(),
         },
         daemon,
+        frr: bgp.map(|r| match r {
+            Ok(v) => FrrView { reachable: true, error: None, peers: v.peers },
+            Err(e) => FrrView { reachable: false, error: Some(format!("{e:#}")), peers: Vec::new() },
+        }),
         vms,
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
         conflicts: desired.conflicts.clone(),
@@ -553,10 +719,43 @@ fn print_status(s: &Status) {
         }
         None => println!("daemon: not running"),
     }
+    if let Some(fs) = s.daemon.as_ref().and_then(|d| d.frr.as_ref()) {
+        let last = fs
+            .last
+            .as_ref()
+            .map_or(String::new(), |l| format!(", last sync +{} -{} in {:.0} ms", l.adds, l.dels, l.ms));
+        println!(
+            "daemon: FRR {} ({} syncs{last})",
+            if fs.in_sync { "in sync" } else { "NOT in sync" },
+            fs.syncs
+        );
+        if let Some(e) = &fs.last_error {
+            println!("daemon: FRR error: {e}");
+        }
+    }
+    match &s.frr {
+        None => println!("frr: not used (frr.enabled = false)"),
+        Some(f) if !f.reachable => println!("frr: UNREACHABLE: {}", f.error.as_deref().unwrap_or("")),
+        Some(f) => {
+            println!("frr: {} BGP sessions", f.peers.len());
+            if !f.peers.is_empty() {
+                println!(
+                    "  {:<24} {:<5} {:<12} {:<10} {:>5} {:>5}",
+                    "PEER", "AFI", "STATE", "UPTIME", "SENT", "RCVD"
+                );
+            }
+            for p in &f.peers {
+                println!(
+                    "  {:<24} {:<5} {:<12} {:<10} {:>5} {:>5}",
+                    p.name, p.family, p.state, p.uptime, p.prefixes_sent, p.prefixes_received
+                );
+            }
+        }
+    }
     println!();
     println!(
-        "{:<20} {:<6} {:<7} {:<17} {:<28} {:<6} NEIGH",
-        "VM", "SOURCE", "STATE", "MAC", "ADDRESS", "ROUTE"
+        "{:<20} {:<6} {:<7} {:<17} {:<28} {:<7} {:<7} BGP",
+        "VM", "SOURCE", "STATE", "MAC", "ADDRESS", "ROUTE", "NEIGH"
     );
     let yes = |b: bool| if b { "ok" } else { "MISSING" };
     for v in &s.vms {
@@ -570,8 +769,14 @@ fn print_status(s: &Status) {
                 };
                 first = false;
                 let (r, nb) = if v.state == "parked" { ("-", "-") } else { (yes(a.route), yes(a.neighbour)) };
+                let bgp = match a.advertised {
+                    None => "-",
+                    Some(true) => "ok",
+                    Some(false) if v.state == "parked" => "-",
+                    Some(false) => "MISSING",
+                };
                 println!(
-                    "{name:<20} {src:<6} {st:<7} {:<17} {:<28} {r:<6} {nb}",
+                    "{name:<20} {src:<6} {st:<7} {:<17} {:<28} {r:<7} {nb:<7} {bgp}",
                     n.mac.to_string(),
                     a.address.to_string()
                 );

@@ -151,17 +151,29 @@ impl<'de> Deserialize<'de> for RemoteAs {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Frr {
+    /// Whether hvroute tells FRR at all. Off on a host that only wants the kernel routes.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
     #[serde(default = "d_vtysh")]
     pub vtysh: PathBuf,
     #[serde(default)]
     pub pathspace: String,
     #[serde(default = "d_frr_conf")]
     pub config_file: PathBuf,
+    /// FRR's run directory, where `bgpd.pid` shows FRR restarts (the pathspace is appended).
+    #[serde(default = "d_frr_run_dir")]
+    pub run_dir: PathBuf,
 }
 
 impl Default for Frr {
     fn default() -> Self {
-        Frr { vtysh: d_vtysh(), pathspace: String::new(), config_file: d_frr_conf() }
+        Frr {
+            enabled: true,
+            vtysh: d_vtysh(),
+            pathspace: String::new(),
+            config_file: d_frr_conf(),
+            run_dir: d_frr_run_dir(),
+        }
     }
 }
 
@@ -197,6 +209,12 @@ fn d_mtu() -> u32 {
 }
 fn d_vtysh() -> PathBuf {
     "vtysh".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_frr_run_dir() -> PathBuf {
+    "/var/run/frr".into()
 }
 fn d_frr_conf() -> PathBuf {
     "/etc/frr/frr.conf".into()
@@ -263,6 +281,14 @@ impl Config {
         if self.bgp.router_id.is_unspecified() {
             return bad("bgp.router_id", &self.bgp.router_id, "the router id cannot be 0.0.0.0");
         }
+        let ps = &self.frr.pathspace;
+        if !ps.is_empty() && ps.parse::<crate::model::VmName>().is_err() {
+            return bad(
+                "frr.pathspace",
+                &format!("{ps:?}"),
+                "use 1 to 64 of A-Z a-z 0-9 . _ -, starting with a letter or digit, or leave it empty",
+            );
+        }
         for (i, p) in self.bgp.peers.iter().enumerate() {
             if p.interface.is_some() == p.address.is_some() {
                 return Err(Invalid(format!(
@@ -270,6 +296,8 @@ impl Config {
                 )));
             }
         }
+        // What FRR itself would refuse (a peer-group mixing iBGP and eBGP peers, say).
+        crate::frr::render::check(self)?;
         Ok(())
     }
 

@@ -43,6 +43,19 @@ pub struct DaemonStatus {
     pub uptime_s: f64,
     pub last_pass: Option<PassSummary>,
     pub last_error: Option<String>,
+    /// The FRR side; absent when `frr.enabled` is false.
+    #[serde(default)]
+    pub frr: Option<FrrStatus>,
+}
+
+/// What the daemon says about telling FRR.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FrrStatus {
+    pub syncs: u64,
+    /// FRR holds what the last kernel pass wanted advertised.
+    pub in_sync: bool,
+    pub last: Option<crate::frr::SyncSummary>,
+    pub last_error: Option<String>,
 }
 
 /// Sends one request. `Ok(None)` means no daemon is listening.

@@ -22,23 +22,83 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::control::{DaemonStatus, PassSummary, Request};
+use crate::frr;
 use crate::kernel::Kernel;
 use crate::kernel::events::{self, Hint};
 use crate::kernel::netlink::Netlink;
 use crate::reconcile::{self, PassError, PassOptions};
 use crate::store::Store;
 
+/// The FRR side of the daemon: what bgpd should advertise and when to tell it. It runs
+/// one sync at a time in its own task, so a slow or hung vtysh never delays the kernel.
+struct FrrSide {
+    vtysh: frr::vtysh::Vtysh,
+    scaffolding: Result<String, String>,
+    wanted: Arc<frr::Wanted>,
+    /// What the last successful sync left FRR holding.
+    synced: Option<Arc<frr::Wanted>>,
+    /// FRR's config as the last successful sync left it.
+    known: Option<frr::Running>,
+    /// The next sync reads the running config instead of trusting `known` (periodic
+    /// resync, FRR restart, after an error).
+    reread: bool,
+    inflight: bool,
+    dirty: bool,
+    due: Instant,
+    backoff: Duration,
+    bgpd_pid: Option<String>,
+    syncs: u64,
+    last: Option<frr::SyncSummary>,
+    last_error: Option<String>,
+}
+
+impl FrrSide {
+    fn new(cfg: &Config) -> FrrSide {
+        FrrSide {
+            vtysh: frr::vtysh::Vtysh::from_config(cfg),
+            scaffolding: frr::scaffolding(cfg).map_err(|e| format!("{e:#}")),
+            wanted: Arc::default(),
+            synced: None,
+            known: None,
+            reread: true,
+            inflight: false,
+            dirty: true,
+            due: Instant::now(),
+            backoff: Duration::from_secs(1),
+            bgpd_pid: frr::bgpd_pid(cfg),
+            syncs: 0,
+            last: None,
+            last_error: None,
+        }
+    }
+
+    fn mark(&mut self, at: Instant) {
+        if !self.dirty {
+            self.dirty = true;
+            self.due = at;
+        }
+        self.due = self.due.min(at);
+    }
+}
+
 /// Events that arrive together are handled in one pass.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often bgpd's pid file is checked for an FRR restart.
+const FRR_PID_CHECK: Duration = Duration::from_secs(1);
 
 pub enum Input {
     Hint(Hint),
     /// Files of the state dir that changed (by name); `None` when unknown (overflow).
     StateDirChanged(Option<Vec<String>>),
     Control(Request, oneshot::Sender<serde_json::Value>),
+    /// An FRR sync finished (sent by the daemon's own FRR task).
+    FrrDone(Arc<frr::Wanted>, Result<(frr::SyncSummary, frr::Running), String>),
 }
 
 pub struct Daemon<K: Kernel> {
@@ -50,6 +110,8 @@ pub struct Daemon<K: Kernel> {
     passes: u64,
     taken_over: bool,
     memo: reconcile::Memo,
+    last_desired: Option<Arc<crate::plan::Desired>>,
+    frr: Option<FrrSide>,
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
     started: Instant,
@@ -57,6 +119,7 @@ pub struct Daemon<K: Kernel> {
 
 impl<K: Kernel> Daemon<K> {
     pub fn new(cfg: Config, store: Store, boot_id: String, kernel: K, force: bool) -> Self {
+        let frr = cfg.frr.enabled.then(|| FrrSide::new(&cfg));
         Daemon {
             cfg,
             store,
@@ -66,6 +129,8 @@ impl<K: Kernel> Daemon<K> {
             passes: 0,
             taken_over: false,
             memo: reconcile::Memo::default(),
+            last_desired: None,
+            frr,
             last_pass: None,
             last_error: None,
             started: Instant::now(),
@@ -83,6 +148,91 @@ impl<K: Kernel> Daemon<K> {
             uptime_s: self.started.elapsed().as_secs_f64(),
             last_pass: self.last_pass.clone(),
             last_error: self.last_error.clone(),
+            frr: self.frr.as_ref().map(|f| crate::control::FrrStatus {
+                syncs: f.syncs,
+                in_sync: !f.dirty && !f.inflight && f.synced.as_deref() == Some(&*f.wanted),
+                last: f.last.clone(),
+                last_error: f.last_error.clone(),
+            }),
+        }
+    }
+
+    /// Starts an FRR sync if one is due and none is running.
+    fn maybe_start_frr(&mut self, tx: &mpsc::UnboundedSender<Input>) {
+        let Some(f) = &mut self.frr else { return };
+        if !f.dirty || f.inflight || Instant::now() < f.due {
+            return;
+        }
+        let scaffolding = match &f.scaffolding {
+            Ok(s) => s.clone(),
+            Err(e) => {
+                if f.last_error.as_deref() != Some(e) {
+                    error!(error = %e, "cannot render hvroute's FRR config; FRR is not told");
+                    f.last_error = Some(e.clone());
+                }
+                f.dirty = false;
+                return;
+            }
+        };
+        f.inflight = true;
+        f.dirty = false;
+        let (cfg, vtysh, wanted, tx) = (self.cfg.clone(), f.vtysh.clone(), f.wanted.clone(), tx.clone());
+        let known = if f.reread { None } else { f.known.clone() };
+        f.reread = false;
+        tokio::spawn(async move {
+            let r = frr::sync(&cfg, &vtysh, &wanted, &scaffolding, known.as_ref())
+                .await
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Input::FrrDone(wanted, r));
+        });
+    }
+
+    fn frr_done(&mut self, wanted: Arc<frr::Wanted>, r: Result<(frr::SyncSummary, frr::Running), String>) {
+        let Some(f) = &mut self.frr else { return };
+        f.inflight = false;
+        f.syncs += 1;
+        match r {
+            Ok((s, running)) => {
+                f.known = Some(running);
+                if s.adds + s.dels > 0 || s.scaffolding {
+                    info!(
+                        adds = s.adds,
+                        dels = s.dels,
+                        scaffolding = s.scaffolding,
+                        ms = format!("{:.0}", s.ms),
+                        "told FRR"
+                    );
+                }
+                f.synced = Some(wanted);
+                f.last = Some(s);
+                f.last_error = None;
+                f.backoff = Duration::from_secs(1);
+            }
+            Err(e) => {
+                warn!(error = %e, retry_s = f.backoff.as_secs(), "FRR sync failed; will retry");
+                f.last_error = Some(e);
+                f.synced = None;
+                f.reread = true;
+                let at = Instant::now() + f.backoff;
+                f.backoff = (f.backoff * 2).min(MAX_BACKOFF);
+                f.mark(at);
+            }
+        }
+    }
+
+    /// Notices an FRR restart by bgpd's pid; a restarted FRR is told everything again.
+    fn check_frr_restart(&mut self) {
+        let Some(f) = &mut self.frr else { return };
+        let pid = frr::bgpd_pid(&self.cfg);
+        if pid != f.bgpd_pid {
+            if pid.is_some() {
+                info!(old = ?f.bgpd_pid, new = ?pid, "FRR (bgpd) restarted; re-asserting its config");
+            }
+            f.bgpd_pid = pid;
+            f.synced = None;
+            f.reread = true;
+            f.backoff = Duration::from_secs(1);
+            f.mark(Instant::now());
         }
     }
 
@@ -117,6 +267,14 @@ impl<K: Kernel> Daemon<K> {
             }
         };
         self.taken_over = true;
+        if let (Some(f), Some(d)) = (&mut self.frr, &out.desired) {
+            let wanted = Arc::new(frr::Wanted::build(&self.cfg, d.addrs.keys()));
+            if *wanted != *f.wanted {
+                f.wanted = wanted;
+                f.mark(Instant::now());
+            }
+        }
+        self.last_desired = out.desired.clone();
         if !out.plan.is_empty() {
             let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
             info!(ops = out.plan.ops.len(), counts = %counts.join(" "), ms = format!("{:.1}", out.timings.total_ms), "applied plan");
@@ -159,11 +317,36 @@ impl<K: Kernel> Daemon<K> {
         let mut due: Option<Instant> = (!ok).then(|| Instant::now() + backoff);
         let mut next_resync = Instant::now() + resync;
         let mut waiters: Vec<oneshot::Sender<serde_json::Value>> = Vec::new();
+        let (frr_tx, mut frr_rx) = mpsc::unbounded_channel::<Input>();
+        let mut next_pid_check = Instant::now() + FRR_PID_CHECK;
         loop {
-            let wake = due.map_or(next_resync, |d| d.min(next_resync));
+            self.maybe_start_frr(&frr_tx);
+            let mut wake = due.map_or(next_resync, |d| d.min(next_resync));
+            if let Some(f) = &self.frr {
+                wake = wake.min(next_pid_check);
+                if f.dirty && !f.inflight {
+                    wake = wake.min(f.due);
+                }
+            }
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                Some(Input::FrrDone(wanted, r)) = frr_rx.recv() => self.frr_done(wanted, r),
                 _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= next_pid_check {
+                        next_pid_check = now + FRR_PID_CHECK;
+                        self.check_frr_restart();
+                    }
+                    let resync_due = now >= next_resync;
+                    if !resync_due && due.is_none_or(|d| now < d) {
+                        continue;
+                    }
+                    if resync_due && let Some(f) = &mut self.frr {
+                        // The periodic resync re-reads FRR too: a line removed by hand
+                        // comes back within one interval.
+                        f.reread = true;
+                        f.mark(now);
+                    }
                     let ok = self.pass().await?;
                     // Every pass is a full resync; the periodic one is due a whole
                     // interval after the last.
@@ -196,6 +379,7 @@ impl<K: Kernel> Daemon<K> {
                             waiters.push(reply);
                             due = Some(due.map_or(soon, |d| d.min(soon)));
                         }
+                        Input::FrrDone(wanted, r) => self.frr_done(wanted, r),
                         Input::Control(Request::Status, reply) => {
                             let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
                         }

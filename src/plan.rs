@@ -97,6 +97,9 @@ pub struct Desired {
     pub conflicts: Vec<String>,
     /// False while any state file is unreadable: then nothing owned is deleted.
     pub deletions_allowed: bool,
+    /// The host's loopback /32 and /128 (`bgp.loopback4/6`), which must be on `lo`: they are
+    /// advertised, and they are the source of ICMP errors on unnumbered uplinks.
+    pub loopbacks: BTreeSet<IfAddr>,
 }
 
 impl Desired {
@@ -109,6 +112,11 @@ impl Desired {
             parked: BTreeSet::new(),
             conflicts: Vec::new(),
             deletions_allowed: snap.errors.is_empty(),
+            loopbacks: [cfg.bgp.loopback4.map(IpAddr::V4), cfg.bgp.loopback6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .map(|addr| IfAddr { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } })
+                .collect(),
         };
         let mut holder: BTreeMap<IpAddr, &VmName> = BTreeMap::new();
         for vm in snap.vms.values() {
@@ -193,6 +201,8 @@ pub struct Observed {
     pub neighs: BTreeMap<(IpAddr, u32), Option<Mac>>,
     /// hvroute's nftables rule dropping ICMPv6 redirects out of the bridge is in place.
     pub redirect_filter: bool,
+    /// Addresses on `lo`.
+    pub loopback_addrs: BTreeSet<IfAddr>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -228,6 +238,10 @@ pub enum Op {
     SetBridgeUp,
     /// Drop ICMPv6 redirects out of the bridge (nftables table `inet hvroute`).
     InstallRedirectFilter,
+    /// Put a host loopback address on `lo`.
+    AddLoopbackAddr {
+        addr: IfAddr,
+    },
     DelNeigh {
         addr: IpAddr,
         ifindex: u32,
@@ -256,7 +270,8 @@ impl Op {
             | Op::AddBridgeAddr { .. }
             | Op::SetSysctl { .. }
             | Op::SetBridgeUp
-            | Op::InstallRedirectFilter => "bridge",
+            | Op::InstallRedirectFilter
+            | Op::AddLoopbackAddr { .. } => "bridge",
             Op::DelNeigh { .. } => "neigh_del",
             Op::DelRoute { .. } => "route_del",
             Op::ReplaceRoute { .. } => "route_add",
@@ -310,6 +325,7 @@ impl fmt::Display for Plan {
                 Op::AddBridgeAddr { addr } => writeln!(f, "+ addr {addr} dev {br} nodad")?,
                 Op::SetSysctl { key, value } => writeln!(f, "~ sysctl {}={value}", key.replace('/', "."))?,
                 Op::SetBridgeUp => writeln!(f, "~ link {br} up")?,
+                Op::AddLoopbackAddr { addr } => writeln!(f, "+ addr {addr} dev lo")?,
                 Op::InstallRedirectFilter => {
                     writeln!(f, "+ nft table inet hvroute: {}", crate::kernel::nft::redirect_rule(br))?
                 }
@@ -372,6 +388,7 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     if !o.redirect_filter {
         p.ops.push(Op::InstallRedirectFilter);
     }
+    p.ops.extend(d.loopbacks.difference(&o.loopback_addrs).map(|a| Op::AddLoopbackAddr { addr: *a }));
     let up = if !up && opts.bring_up {
         p.ops.push(Op::SetBridgeUp);
         true
@@ -663,6 +680,24 @@ mod tests {
         let p = plan(&d, &o, Options { bring_up: true }, 44);
         assert_eq!(p.ops[0], Op::SetBridgeUp);
         assert_eq!(p.ops.len(), 3);
+    }
+
+    /// Without the loopback on `lo`, the loopback's `network` line is never advertised
+    /// and ICMP errors on unnumbered uplinks have no routable source.
+    #[test]
+    fn loopbacks_are_put_on_lo_once() {
+        let c = Config::parse(
+            "[pools]\nipv4=[\"192.0.2.0/24\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n\
+             loopback4=\"198.51.100.1\"\nloopback6=\"2001:db8:ffff::1\"\n",
+        )
+        .unwrap();
+        let d = Desired::build(&c, &snap(vec![]), "b");
+        let mut k = crate::kernel::fake::Fake::new();
+        k.state = up_bridge(&d);
+        let p = plan(&d, &k.observe_now(&d), Options::default(), 44);
+        assert_eq!(p.to_string(), "+ addr 198.51.100.1/32 dev lo\n+ addr 2001:db8:ffff::1/128 dev lo\n");
+        assert!(k.apply_now(&p).is_empty());
+        assert!(plan(&d, &k.observe_now(&d), Options::default(), 44).is_empty());
     }
 
     #[test]

@@ -45,6 +45,9 @@ pub struct Outcome {
     pub store_errors: Vec<String>,
     pub conflicts: Vec<String>,
     pub timings: Timings,
+    /// The desired state the pass worked from (the FRR side advertises its addresses).
+    #[serde(skip)]
+    pub desired: Option<Arc<Desired>>,
 }
 
 fn errors_as_strings<S: serde::Serializer>(e: &[OpError], s: S) -> Result<S::Ok, S::Error> {
@@ -125,6 +128,7 @@ pub async fn pass<K: Kernel>(
         addresses: desired.addrs.len(),
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
         conflicts: desired.conflicts.clone(),
+        desired: Some(desired.clone()),
         timings: Timings { read_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
     })
 }

@@ -26,7 +26,7 @@ impl Rig {
         let dir = tempfile::tempdir().unwrap();
         let cfg = Config::parse(&format!(
             "state_dir = \"{}\"\nresync_interval_s = 30\n[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n\
-             [bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n",
+             [bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n[frr]\nenabled=false\n",
             dir.path().display()
         ))
         .unwrap();

@@ -98,6 +98,7 @@ fn observed() -> impl Strategy<Value = Observed> {
                     .collect(),
                 neighs,
                 redirect_filter: sysctls_ok,
+                loopback_addrs: Default::default(),
             }
         })
 }

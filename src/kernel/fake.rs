@@ -67,6 +67,9 @@ impl Fake {
             Op::SetBridgeMtu { mtu } => s.bridge.as_mut().ok_or("no such device")?.mtu = *mtu,
             Op::SetBridgeUp => s.bridge.as_mut().ok_or("no such device")?.up = true,
             Op::InstallRedirectFilter => s.redirect_filter = true,
+            Op::AddLoopbackAddr { addr } => {
+                s.loopback_addrs.insert(*addr);
+            }
             Op::AddBridgeAddr { addr } => {
                 s.bridge.as_mut().ok_or("no such device")?.addrs.insert(*addr);
             }

@@ -123,6 +123,31 @@ impl Netlink {
         }))
     }
 
+    async fn lo_addrs(&self) -> Result<BTreeSet<IfAddr>> {
+        let links = self.links().await?;
+        let Some(lo) = links.iter().find(|l| link_name(l) == Some("lo")).map(|l| l.header.index) else {
+            return Ok(BTreeSet::new());
+        };
+        Ok(self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(lo)
+            .execute()
+            .try_collect::<Vec<_>>()
+            .await
+            .context("cannot list the loopback's addresses")?
+            .into_iter()
+            .filter(|a| a.header.index == lo)
+            .filter_map(|a| {
+                a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(IfAddr { addr: *ip, prefix: a.header.prefix_len }),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
     async fn observe_routes(handle: Handle, proto: u8) -> Result<BTreeSet<RouteKey>> {
         let mut out = BTreeSet::new();
         for query in [
@@ -222,6 +247,15 @@ impl Netlink {
                     m.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
                 }
                 req.execute().await?;
+            }
+            Op::AddLoopbackAddr { addr } => {
+                let links = self.links().await?;
+                let lo = links
+                    .iter()
+                    .find(|l| link_name(l) == Some("lo"))
+                    .map(|l| l.header.index)
+                    .context("no loopback interface")?;
+                h.address().add(lo, addr.addr, addr.prefix).replace().execute().await?;
             }
             Op::InstallRedirectFilter => {
                 let bridge = self.bridge.clone();
@@ -357,7 +391,9 @@ impl Kernel for Netlink {
         let both_ms = t.elapsed().as_secs_f64() * 1e3;
         tracing::debug!(routes = routes.len(), neighs = neighs.len(), neighs_ms, both_ms, "observed");
         let redirect_filter = filter.await.context("nft check failed")?;
-        Ok(Observed { bridge, sysctls, routes, neighs, redirect_filter })
+        let loopback_addrs =
+            if desired.loopbacks.is_empty() { Default::default() } else { self.lo_addrs().await? };
+        Ok(Observed { bridge, sysctls, routes, neighs, redirect_filter, loopback_addrs })
     }
 
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {

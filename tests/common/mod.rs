@@ -375,6 +375,10 @@ ipv6 = ["{POOL6}"]
 [bgp]
 asn = 65001
 router_id = "10.255.0.1"
+
+# These tests check the kernel side only; the FRR tests run their own FRR.
+[frr]
+enabled = false
 "#,
             state = state.display(),
             socket = self.socket.display(),
@@ -658,3 +662,5 @@ pub fn control_reconcile(socket: &Path, timeout: Duration) -> Option<String> {
     let line = line.trim().to_string();
     (!line.is_empty()).then_some(line)
 }
+
+pub mod frr;
