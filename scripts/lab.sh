@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A hypervisor, two VMs and an outside host in network namespaces, routed by hvroute.
-# Run `scripts/lab.sh --help` for the picture and the commands.
+# A spine running FRR, two hypervisors running FRR and hvroute, three VMs and an outside host,
+# all in network namespaces. Run `scripts/lab.sh --help` for the picture and the commands.
 set -euo pipefail
 
 log_prefix=lab
@@ -9,46 +9,69 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------------------------------------
 # The lab's fixed facts. Test traffic stays inside these namespaces and these documentation
-# prefixes (RFC 5737, RFC 3849) and link nets.
+# prefixes (RFC 5737, RFC 3849), link-local addresses and 10.255.0.0/16 link nets.
 
 readonly ns_prefix=hvr-lab-
-readonly ns_hv=hvr-lab-hv
+readonly ns_spine=hvr-lab-spine
 readonly ns_out=hvr-lab-out
-readonly vms=(vm1 vm2)
+readonly hvs=(hv1 hv2)
+readonly vms=(vm1 vm2 vm3)
 
 readonly run_dir=/run/hvroute-lab
-readonly conf_file="$run_dir/hvroute.toml"
-readonly state_dir="$run_dir/state"
-readonly socket="$run_dir/hvroute.sock"
-readonly pid_file="$run_dir/daemon.pid"
-readonly log_file="$run_dir/daemon.log"
 
 readonly bridge=cloudbr0
 readonly bridge_mac=0e:00:00:00:00:01
 readonly route_protocol=44
 
-# Uplink hv:uplink0 <-> out:eth0.
-readonly hv_uplink=uplink0
-readonly hv_uplink4=10.255.0.0
-readonly hv_uplink6=2001:db8:ffff:1::1
-readonly out_if=eth0
-readonly out_link4=10.255.0.1
-readonly out_link6=2001:db8:ffff:1::2
-# The outside host's own addresses, on its lo.
-readonly out_addr4=203.0.113.10
-readonly out_addr6=2001:db8:ffff::10
-
 readonly pool4=192.0.2.0/24
 readonly pool6=2001:db8:100::/40
 
-# Per VM: MAC, IPv4 (empty = IPv6 only), IPv6 (empty = IPv4 only).
-declare -A vm_mac=([vm1]=52:54:00:00:00:01 [vm2]=52:54:00:00:00:02)
-declare -A vm_ip4=([vm1]=192.0.2.10 [vm2]="")
-declare -A vm_ip6=([vm1]=2001:db8:100::10 [vm2]=2001:db8:100::20)
-readonly vm_mac vm_ip4 vm_ip6
+# FRR: one instance per namespace, told apart by its pathspace (`-N`), which is the name of the
+# namespace. Its files live in /etc/frr/<pathspace> and /var/run/frr/<pathspace>.
+readonly frr_libexec=/usr/lib/frr
+readonly frr_etc=/etc/frr
+readonly frr_run=/var/run/frr
+readonly frr_daemons=(zebra bgpd)
+
+# The spine.
+readonly spine_asn=65000
+readonly spine_router_id=10.255.255.254
+# The extra prefixes the spine announces to the hypervisors, which hvroute's inbound policy
+# (route-map HVR-IN: only 0.0.0.0/0 and ::/0) must refuse. Blackholed on the spine.
+readonly extra4=198.51.100.0/24
+readonly extra6=2001:db8:eeee::/48
+
+# The outside host, behind the spine: spine:out0 <-> out:eth0.
+readonly spine_out_if=out0
+readonly spine_out4=10.255.0.0
+readonly spine_out6=2001:db8:ffff:1::1
+readonly out_if=eth0
+readonly out_link4=10.255.0.1
+readonly out_link6=2001:db8:ffff:1::2
+readonly out_addr4=203.0.113.10
+readonly out_addr6=2001:db8:ffff::10
+
+# The hypervisors. Uplink: hvN:uplink0 <-> spine:hvN. hv1 peers unnumbered (link-local
+# only: no address on either end), hv2 numbered over a /31.
+readonly hv_uplink=uplink0
+declare -A hv_asn=([hv1]=65001 [hv2]=65002)
+declare -A hv_router_id=([hv1]=10.255.255.1 [hv2]=10.255.255.2)
+declare -A hv_link4=([hv1]="" [hv2]=10.255.2.1)
+declare -A spine_link4=([hv1]="" [hv2]=10.255.2.0)
+readonly hv_asn hv_router_id hv_link4 spine_link4
+
+# Per VM: hypervisor, MAC, IPv4 (empty = IPv6 only), IPv6 (empty = IPv4 only).
+declare -A vm_hv=([vm1]=hv1 [vm2]=hv1 [vm3]=hv2)
+declare -A vm_mac=([vm1]=52:54:00:00:00:01 [vm2]=52:54:00:00:00:02 [vm3]=52:54:00:00:00:03)
+declare -A vm_ip4=([vm1]=192.0.2.10 [vm2]="" [vm3]=192.0.2.30)
+declare -A vm_ip6=([vm1]=2001:db8:100::10 [vm2]=2001:db8:100::20 [vm3]=2001:db8:100::30)
+readonly vm_hv vm_mac vm_ip4 vm_ip6
 
 # How long to wait for things that happen asynchronously.
+readonly frr_start_timeout_s=10
 readonly bridge_timeout_s=10
+readonly bgp_timeout_s=60
+readonly converge_timeout_s=30
 readonly ping_timeout_s=10
 readonly stop_timeout_s=5
 # One attempt of a path check: three echo replies within 3 s. Three, not one, so that a path
@@ -58,61 +81,139 @@ readonly ping_opts="-c3 -i0.2 -w3"
 
 hvroute_bin="${HVROUTE_BIN:-$repo_root/target/release/hvroute}"
 
+hv_ns() { echo "${ns_prefix}$1"; }
 vm_ns() { echo "${ns_prefix}$1"; }
 vm_port() { echo "${1}p"; }
+hv_dir() { echo "$run_dir/$1"; }
+hv_conf() { echo "$run_dir/$1/hvroute.toml"; }
+hv_pid_file() { echo "$run_dir/$1/daemon.pid"; }
+hv_log_file() { echo "$run_dir/$1/daemon.log"; }
+# The pathspace of a hypervisor's or the spine's FRR: the name of its namespace.
+hv_ps() { hv_ns "$1"; }
+readonly spine_ps="$ns_spine"
+all_ps() { echo "$spine_ps" "$(hv_ps hv1)" "$(hv_ps hv2)"; }
+
+# The spine's BGP neighbour for a hypervisor: its interface (unnumbered) or its address.
+spine_neighbor() {
+    if [[ -n "${hv_link4[$1]}" ]]; then echo "${hv_link4[$1]}"; else echo "$1"; fi
+}
+# The hypervisor's BGP neighbour (its `[[bgp.peer]]`): the uplink (unnumbered) or the spine's address.
+hv_neighbor() {
+    if [[ -n "${spine_link4[$1]}" ]]; then echo "${spine_link4[$1]}"; else echo "$hv_uplink"; fi
+}
+hv_peering() {
+    if [[ -n "${hv_link4[$1]}" ]]; then echo numbered; else echo unnumbered; fi
+}
+
+# hv_vms HV: the VMs on HV.
+hv_vms() {
+    local vm
+    for vm in "${vms[@]}"; do
+        [[ "${vm_hv[$vm]}" == "$1" ]] && echo "$vm"
+    done
+    return 0
+}
+
+# vm_prefixes [VM...]: the /32 and /128 prefixes of the VMs (all VMs without arguments), sorted.
+vm_prefixes() {
+    local vm
+    local -a list=("$@")
+    [[ ${#list[@]} -gt 0 ]] || list=("${vms[@]}")
+    for vm in "${list[@]}"; do
+        if [[ -n "${vm_ip4[$vm]}" ]]; then echo "${vm_ip4[$vm]}/32"; fi
+        if [[ -n "${vm_ip6[$vm]}" ]]; then echo "${vm_ip6[$vm]}/128"; fi
+    done | sort
+}
+
+# hv_vm_prefixes HV: the prefixes of the VMs on HV, sorted.
+hv_vm_prefixes() {
+    local -a list
+    mapfile -t list < <(hv_vms "$1")
+    vm_prefixes "${list[@]}"
+}
 
 usage() {
     cat <<EOF
 Usage: scripts/lab.sh up|down|status
        scripts/lab.sh --help
 
-A lab for hvroute in network namespaces: one hypervisor, two VMs and an outside host,
-with no traffic leaving this machine.
+A lab for hvroute in network namespaces: a spine running FRR, two hypervisors each running
+FRR and 'hvroute daemon', three VMs and an outside host. No traffic leaves this machine.
 
-  ${ns_out} (outside host)    lo ${out_addr4}/32, ${out_addr6}/128
-     eth0 ${out_link4}/31, ${out_link6}/64
-       │   static routes: ${pool4} via ${hv_uplink4}, ${pool6} via ${hv_uplink6}
-       │
-     uplink0 ${hv_uplink4}/31, ${hv_uplink6}/64
-  ${ns_hv} (hypervisor)     default via ${out_link4}, ::/0 via ${out_link6}
-     cloudbr0 169.254.0.1/32, fe80::1/64, MAC ${bridge_mac}   (made by the hvroute daemon)
-       ├── vm1p ─── eth0 in hvr-lab-vm1 (dual stack)  ${vm_mac[vm1]}  ${vm_ip4[vm1]}/32  ${vm_ip6[vm1]}/128
-       └── vm2p ─── eth0 in hvr-lab-vm2 (IPv6 only)   ${vm_mac[vm2]}  ${vm_ip6[vm2]}/128
+  ${ns_out} (outside host)
+    lo   ${out_addr4}/32, ${out_addr6}/128
+    ${out_if} ${out_link4}/31, ${out_link6}/64; default routes via the spine
+     │
+    ${spine_out_if} ${spine_out4}/31, ${spine_out6}/64
+  ${ns_spine} (FRR, AS ${spine_asn})
+    static routes to the outside host; blackholes ${extra4} and ${extra6}
+    announces to each hypervisor 0.0.0.0/0 and ::/0 (default-originate), and the extra
+    ${extra4} and ${extra6}, which the hypervisors must refuse
+    hv1 (link-local only)                     hv2 ${spine_link4[hv2]}/31
+     │ BGP unnumbered, IPv4 routes              │ BGP numbered
+     │ over IPv6 next hops (RFC 8950)           │
+    ${hv_uplink} (link-local only)                 ${hv_uplink} ${hv_link4[hv2]}/31
+  $(hv_ns hv1) (FRR AS ${hv_asn[hv1]}, hvroute)       $(hv_ns hv2) (FRR AS ${hv_asn[hv2]}, hvroute)
+    ${bridge} 169.254.0.1/32, fe80::1/64       ${bridge} 169.254.0.1/32, fe80::1/64
+     ├── vm1p ── $(vm_ns vm1) (dual stack)      └── vm3p ── $(vm_ns vm3) (dual stack)
+     └── vm2p ── $(vm_ns vm2) (IPv6 only)
+
+  vm1  ${vm_mac[vm1]}  ${vm_ip4[vm1]}/32  ${vm_ip6[vm1]}/128
+  vm2  ${vm_mac[vm2]}  ${vm_ip6[vm2]}/128
+  vm3  ${vm_mac[vm3]}  ${vm_ip4[vm3]}/32  ${vm_ip6[vm3]}/128
 
 Each VM is set up the way its ConfigDrive sets up a guest: its /32 and /128 on eth0,
 "default via 169.254.0.1 dev eth0 onlink" (only with IPv4), "::/0 via fe80::1 dev eth0",
-accept_ra=0. The hypervisor routes each VM address as a /32 or /128 onto cloudbr0 with a
-permanent neighbour entry (both with route protocol ${route_protocol}). The outside host reaches the pools
-${pool4} and ${pool6} over static routes to the hypervisor (until BGP lands).
+accept_ra=0. On each hypervisor, hvroute makes ${bridge} (MAC ${bridge_mac}, the same on both),
+routes each VM address as a /32 or /128 onto it with a permanent neighbour entry (both with
+route protocol ${route_protocol}), and tells that hypervisor's FRR to announce exactly those
+prefixes. The hypervisors' FRR starts with an empty config: hvroute pushes its own (peer-group
+HVR-UPLINK, route-maps HVR-IN/HVR-OUT/HVR-VM, the 'network' lines) over vtysh, from
+'[[bgp.peer]]' in its hvroute.toml, and saves it with 'write memory'. There are no static
+routes to the pools anywhere: the spine learns the VMs over BGP, and the hypervisors and the
+outside host reach everything else through the spine's default routes. vm1 and vm3 talk to
+each other through the spine.
 
 Commands:
-  up      Build hvroute (cargo build --release), create the namespaces and veths, write
-          ${conf_file}, register both VMs with 'hvroute vm add ... --port vmNp',
-          start 'hvroute daemon' in hvr-lab-hv, plug vm1p/vm2p into cloudbr0 once the daemon
-          has made it, then ping every path and print a table of results. Exits non-zero if
-          any path fails (the lab is left up so you can look; the daemon log is printed).
-  down    Stop the daemon (by its recorded PID: TERM, then KILL after ${stop_timeout_s}s), delete the
-          hvr-lab-* namespaces and ${run_dir}. Safe to run any number of times.
-  status  Show the namespaces, whether the daemon runs, 'hvroute status', the routes with
-          protocol ${route_protocol} and the permanent neighbours on cloudbr0. Exits 0 only if the lab is
-          fully up.
+  up      Build hvroute (cargo build --release), create the namespaces and veths, start FRR
+          (zebra and bgpd) on the spine and on both hypervisors, write an hvroute.toml per
+          hypervisor, register the VMs with 'hvroute vm add ... --port vmNp', start one
+          'hvroute daemon' per hypervisor, plug the VM ports into ${bridge} once it exists, then
+          check and print:
+            - every BGP session Established (both address families);
+            - the spine's BGP table and kernel hold exactly the VM prefixes (compared as sets);
+            - each hypervisor's BGP table holds the spine's defaults and nothing else it
+              learned, although the spine offered it the extra prefixes too;
+            - a table of pings over every path, both families.
+          Exits non-zero if any check fails (the lab is left up so you can look). Running 'up'
+          on a lab that is fully up does nothing; on a partial one it refuses (run 'down').
+  down    Stop the hvroute daemons (by their recorded PIDs: TERM, then KILL after ${stop_timeout_s}s), stop
+          the lab's FRR daemons (by the PIDs in their pid files), delete the hvr-lab-*
+          namespaces, /etc/frr/hvr-lab-*, /var/run/frr/hvr-lab-* and ${run_dir}.
+          Safe to run any number of times.
+  status  Show the namespaces, FRR's daemons and 'show bgp summary' per FRR, each hvroute
+          daemon and its 'hvroute status', and the spine's BGP routes in the kernel. Exits 0
+          only if the lab is fully up.
 
-Files in ${run_dir}: hvroute.toml (config), state/ (desired state), hvroute.sock,
-daemon.pid, daemon.log.
+FRR pathspaces (vtysh -N ...): $(all_ps)
+Files in ${run_dir}/hv1 and hv2: hvroute.toml (config), state/ (desired state),
+hvroute.sock, daemon.pid, daemon.log.
 
 Environment:
   HVROUTE_BIN=PATH   use this hvroute binary and skip 'cargo build --release'
-  RUST_LOG=FILTER    the daemon's log filter (default: info); the log has no colours (NO_COLOR=1)
+  RUST_LOG=FILTER    the daemons' log filter (default: info); the logs have no colours (NO_COLOR=1)
 
 Things to try once the lab is up:
-  ip netns exec ${ns_hv} ip route show proto ${route_protocol}
-  ip netns exec ${ns_hv} ip -6 route show proto ${route_protocol}
-  ip netns exec ${ns_hv} ip neigh show dev ${bridge} nud permanent
-  ip netns exec ${ns_hv} ${hvroute_bin} --config ${conf_file} status
-  ip netns exec ${ns_hv} ${hvroute_bin} --config ${conf_file} vm list
-  ip netns exec hvr-lab-vm1 ping ${out_addr6}
-  ip netns exec ${ns_out} ping -I ${out_addr4} ${vm_ip4[vm1]}
-  tail -f ${log_file}
+  vtysh -N ${spine_ps} -c 'show bgp summary'
+  vtysh -N ${spine_ps} -c 'show bgp ipv4 unicast'            # vm1 via fe80::... (hv1, unnumbered)
+  vtysh -N ${spine_ps} -c 'show bgp ipv4 unicast neighbors hv1 advertised-routes'
+  vtysh -N $(hv_ps hv1) -c 'show running-config'             # what hvroute pushed
+  vtysh -N $(hv_ps hv1) -c 'show bgp ipv4 unicast'           # 0.0.0.0/0 only, no ${extra4}
+  ip -n ${ns_spine} route show proto bgp                     # IPv4 via inet6 fe80::... (RFC 8950)
+  ip netns exec $(hv_ns hv1) ${hvroute_bin} --config $(hv_conf hv1) status
+  ip netns exec $(vm_ns vm1) ping ${vm_ip4[vm3]}                     # across hypervisors
+  ip netns exec ${ns_out} ping -I ${out_addr6} ${vm_ip6[vm2]}
+  tail -f $(hv_log_file hv1)
 EOF
 }
 
@@ -128,6 +229,14 @@ ns_exists() {
     lab_namespaces | grep -qx -- "$1"
 }
 
+# all_namespaces: every namespace the lab makes.
+all_namespaces() {
+    local x
+    echo "$ns_spine" "$ns_out"
+    for x in "${hvs[@]}"; do hv_ns "$x"; done
+    for x in "${vms[@]}"; do vm_ns "$x"; done
+}
+
 # in_ns NS CMD...: run CMD inside namespace NS.
 in_ns() {
     local ns="$1"
@@ -135,10 +244,22 @@ in_ns() {
     ip netns exec "$ns" "$@"
 }
 
-# hvroute CMD...: run the hvroute CLI against the lab's config, inside the hypervisor namespace.
+# hvroute HV CMD...: run the hvroute CLI against HV's config, inside HV's namespace.
 hvroute() {
-    in_ns "$ns_hv" "$hvroute_bin" --config "$conf_file" "$@"
+    local hv="$1"
+    shift
+    in_ns "$(hv_ns "$hv")" "$hvroute_bin" --config "$(hv_conf "$hv")" "$@"
 }
+
+# vtysh_ps PS ARGS...: vtysh against the FRR with pathspace PS.
+vtysh_ps() {
+    local ps="$1"
+    shift
+    vtysh -N "$ps" "$@"
+}
+
+# indent: prefix every line of stdin with four spaces.
+indent() { sed 's/^/    /'; }
 
 # pid_alive PID: true if PID is a live process (a zombie counts as dead).
 pid_alive() {
@@ -152,108 +273,311 @@ pid_alive() {
 
 pid_gone() { ! pid_alive "$1"; }
 
+# pid_args PID: the process's arguments, one per line.
+pid_args() {
+    tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null
+}
+
 # pid_is_lab_daemon PID: true if PID is alive and is an "hvroute ... daemon" process.
 pid_is_lab_daemon() {
     local pid="$1" cmdline
     pid_alive "$pid" || return 1
-    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+    cmdline="$(pid_args "$pid" | tr '\n' ' ')" || return 1
     [[ "$cmdline" == *hvroute* && "$cmdline" == *daemon* ]]
 }
 
-# recorded_pid: the daemon PID recorded by `up`, or nothing.
-recorded_pid() {
-    if [[ -r "$pid_file" ]]; then
-        tr -dc '0-9' <"$pid_file"
+# pid_is_frr PID DAEMON PS: true if PID is alive and is FRR's DAEMON started with "-N PS".
+pid_is_frr() {
+    local pid="$1" daemon="$2" ps="$3"
+    local -a args
+    pid_alive "$pid" || return 1
+    mapfile -t args < <(pid_args "$pid")
+    [[ ${#args[@]} -gt 0 && "$(basename -- "${args[0]}")" == "$daemon" ]] || return 1
+    local i
+    for ((i = 1; i < ${#args[@]}; i++)); do
+        [[ "${args[i - 1]}" == -N && "${args[i]}" == "$ps" ]] && return 0
+    done
+    return 1
+}
+
+# read_pid FILE: the PID in FILE, or nothing.
+read_pid() {
+    if [[ -r "$1" ]]; then
+        tr -dc '0-9' <"$1"
     fi
 }
+
+# recorded_pid HV: the daemon PID recorded by `up` for HV, or nothing.
+recorded_pid() { read_pid "$(hv_pid_file "$1")"; }
 
 daemon_running() {
     local pid
-    pid="$(recorded_pid)"
+    pid="$(recorded_pid "$1")"
     [[ -n "$pid" ]] && pid_is_lab_daemon "$pid"
 }
 
+# frr_pid PS DAEMON: the PID in DAEMON's pid file of pathspace PS, or nothing.
+frr_pid() { read_pid "$frr_run/$1/$2.pid"; }
+
+frr_daemon_running() {
+    local pid
+    pid="$(frr_pid "$1" "$2")"
+    [[ -n "$pid" ]] && pid_is_frr "$pid" "$2" "$1"
+}
+
 bridge_is_up() {
-    [[ -n "$(ip -n "$ns_hv" -o link show dev "$bridge" up 2>/dev/null)" ]]
+    [[ -n "$(ip -n "$(hv_ns "$1")" -o link show dev "$bridge" up 2>/dev/null)" ]]
 }
 
 bridge_up_or_daemon_gone() {
-    bridge_is_up || ! daemon_running
+    bridge_is_up "$1" || ! daemon_running "$1"
 }
 
 print_daemon_log_tail() {
-    local n="${1:-40}"
-    if [[ -s "$log_file" ]]; then
-        log "last $n lines of $log_file:"
-        tail -n "$n" "$log_file" | sed 's/^/    /'
+    local hv="$1" n="${2:-40}" file
+    file="$(hv_log_file "$hv")"
+    if [[ -s "$file" ]]; then
+        log "last $n lines of $file:"
+        tail -n "$n" "$file" | indent
     else
-        log "the daemon log $log_file is empty or missing."
+        log "the $hv daemon log $file is empty or missing."
     fi
 }
 
-# ---------------------------------------------------------------------------------------------
-# up
-
-write_config() {
-    mkdir -p "$state_dir"
-    cat >"$conf_file" <<EOF
-# hvroute config for the namespace lab (scripts/lab.sh). Removed by 'scripts/lab.sh down'.
-state_dir = "$state_dir"
-socket = "$socket"
-route_protocol = $route_protocol
-resync_interval_s = 30
-
-[bridge]
-name = "$bridge"
-mac = "$bridge_mac"
-mtu = 1500
-
-[pools]
-ipv4 = ["$pool4"]
-ipv6 = ["$pool6"]
-
-[bgp]
-asn = 65001
-router_id = "10.255.0.1"
-EOF
+print_all_daemon_logs() {
+    local hv
+    for hv in "${hvs[@]}"; do print_daemon_log_tail "$hv" "${1:-40}"; done
 }
 
-create_namespaces() {
-    local ns
-    for ns in "$ns_hv" "$ns_out" "${vms[@]/#/$ns_prefix}"; do
-        ip netns add "$ns"
-        ip -n "$ns" link set lo up
+# ---------------------------------------------------------------------------------------------
+# BGP read-outs, from FRR's JSON. One small Python program, several modes; it reads the JSON on
+# stdin and prints one fact per line.
+#   sessions    (show bgp summary json)           "FAMILY PEER STATE"
+#   routes      (show bgp AFI unicast json)       "local PREFIX" or "learned PREFIX"
+#   advertised  (show bgp ... advertised-routes json)   "PREFIX"
+
+readonly bgp_json_py='
+import json, sys
+mode = sys.argv[1]
+text = sys.stdin.read()
+data = json.loads(text) if text.strip() else {}
+if mode == "sessions":
+    for key, fam in (("ipv4Unicast", "ipv4"), ("ipv6Unicast", "ipv6")):
+        for name, p in sorted(((data.get(key) or {}).get("peers") or {}).items()):
+            print(fam, name, p.get("state", "?"))
+elif mode == "routes":
+    for prefix, paths in sorted((data.get("routes") or {}).items()):
+        local = any(p.get("peerId") == "(unspec)" for p in paths)
+        print("local" if local else "learned", prefix)
+elif mode == "advertised":
+    for prefix in sorted(data.get("advertisedRoutes") or {}):
+        print(prefix)
+'
+
+# bgp_facts PS MODE VTYSH-COMMAND: run a JSON show command and extract facts with MODE.
+bgp_facts() {
+    local ps="$1" mode="$2" cmd="$3" out
+    out="$(vtysh_ps "$ps" -c "$cmd" 2>/dev/null)" || return 1
+    python3 -c "$bgp_json_py" "$mode" <<<"$out"
+}
+
+# bgp_routes PS WHICH: the prefixes of both families in PS's BGP table that are WHICH
+# (local or learned), sorted.
+bgp_routes() {
+    local ps="$1" which="$2" afi
+    for afi in ipv4 ipv6; do
+        bgp_facts "$ps" routes "show bgp $afi unicast json" || return 1
+    done | awk -v w="$which" '$1 == w {print $2}' | sort
+}
+
+# bgp_advertised PS NEIGHBOR: what PS advertises to NEIGHBOR, both families, sorted.
+bgp_advertised() {
+    local ps="$1" nb="$2" afi
+    for afi in ipv4 ipv6; do
+        bgp_facts "$ps" advertised "show bgp $afi unicast neighbors $nb advertised-routes json" || return 1
+    done | sort
+}
+
+# kernel_bgp_routes NS: the kernel's routes with protocol bgp in NS, both families, as prefixes.
+kernel_bgp_routes() {
+    local ns="$1"
+    {
+        ip -n "$ns" -4 route show proto bgp | awk '{p = $1; if (p == "default") p = "0.0.0.0/0"; else if (p !~ /\//) p = p "/32"; print p}'
+        ip -n "$ns" -6 route show proto bgp | awk '{p = $1; if (p == "default") p = "::/0"; else if (p !~ /\//) p = p "/128"; print p}'
+    } | sort
+}
+
+# session_states PS: "FAMILY PEER STATE" per session.
+session_states() { bgp_facts "$1" sessions "show bgp summary json"; }
+
+# sessions_established PS PEER...: every PEER is Established in both families, in PS.
+sessions_established() {
+    local ps="$1" peer fam states
+    shift
+    states="$(session_states "$ps")" || return 1
+    for peer in "$@"; do
+        for fam in ipv4 ipv6; do
+            if ! grep -qx -- "$fam $peer Established" <<<"$states"; then
+                echo "$ps: $fam session with $peer is not Established:"
+                echo "$states"
+                return 1
+            fi
+        done
     done
 }
 
-setup_uplink() {
-    ip -n "$ns_hv" link add "$hv_uplink" type veth peer name "$out_if" netns "$ns_out"
+# all_expected_sessions: every session the lab must have, one per line: "PATHSPACE PEER".
+all_expected_sessions() {
+    local hv
+    for hv in "${hvs[@]}"; do
+        echo "$spine_ps $(spine_neighbor "$hv")"
+        echo "$(hv_ps "$hv") $(hv_neighbor "$hv")"
+    done
+}
 
-    # Hypervisor side.
-    ip -n "$ns_hv" addr add "$hv_uplink4/31" dev "$hv_uplink"
-    ip -n "$ns_hv" -6 addr add "$hv_uplink6/64" dev "$hv_uplink" nodad
-    ip -n "$ns_hv" link set "$hv_uplink" up
-    ip -n "$ns_hv" route add default via "$out_link4" dev "$hv_uplink"
-    ip -n "$ns_hv" -6 route add ::/0 via "$out_link6" dev "$hv_uplink"
+all_sessions_established() {
+    local ps peer
+    while read -r ps peer; do
+        sessions_established "$ps" "$peer" || return 1
+    done < <(all_expected_sessions)
+}
 
-    # Outside host.
+# same_set LABEL WANT HAVE: compare two newline-separated sets; silent and 0 if equal, else
+# prints what is missing and what is unexpected and returns 1.
+same_set() {
+    local label="$1" want="$2" have="$3" missing extra
+    missing="$(comm -23 <(sort -u <<<"$want" | sed '/^$/d') <(sort -u <<<"$have" | sed '/^$/d'))"
+    extra="$(comm -13 <(sort -u <<<"$want" | sed '/^$/d') <(sort -u <<<"$have" | sed '/^$/d'))"
+    if [[ -z "$missing" && -z "$extra" ]]; then
+        return 0
+    fi
+    echo "$label differs:"
+    [[ -n "$missing" ]] && echo "  missing:    $(tr '\n' ' ' <<<"$missing")"
+    [[ -n "$extra" ]] && echo "  unexpected: $(tr '\n' ' ' <<<"$extra")"
+    return 1
+}
+
+# The facts `up` checks, each usable with wait_until (quiet on success, explains on failure).
+
+spine_holds_exactly_vm_prefixes() {
+    local want have rc=0
+    want="$(vm_prefixes)"
+    have="$(bgp_routes "$spine_ps" learned)" || return 1
+    same_set "$spine_ps BGP table (learned routes)" "$want" "$have" || rc=1
+    have="$(kernel_bgp_routes "$ns_spine")"
+    same_set "$ns_spine kernel routes with protocol bgp" "$want" "$have" || rc=1
+    return $rc
+}
+
+spine_offers_extra() {
+    local hv="$1" have
+    have="$(bgp_advertised "$spine_ps" "$(spine_neighbor "$hv")")" || return 1
+    if ! grep -qx -- "$extra4" <<<"$have" || ! grep -qx -- "$extra6" <<<"$have"; then
+        echo "$spine_ps does not advertise $extra4 and $extra6 to $hv; it advertises: $(tr '\n' ' ' <<<"$have")"
+        return 1
+    fi
+}
+
+hv_learned_only_defaults() {
+    local hv="$1" ps ns have rc=0
+    ps="$(hv_ps "$hv")"
+    ns="$(hv_ns "$hv")"
+    have="$(bgp_routes "$ps" learned)" || return 1
+    same_set "$ps BGP table (learned routes)" "$(printf '0.0.0.0/0\n::/0\n')" "$have" || rc=1
+    have="$(kernel_bgp_routes "$ns")"
+    same_set "$ns kernel routes with protocol bgp" "$(printf '0.0.0.0/0\n::/0\n')" "$have" || rc=1
+    if [[ -n "$(ip -n "$ns" route show "$extra4")$(ip -n "$ns" -6 route show "$extra6")" ]]; then
+        echo "$ns has a kernel route for $extra4 or $extra6."
+        rc=1
+    fi
+    return $rc
+}
+
+hv_announces_its_vm_prefixes() {
+    local hv="$1"
+    same_set "$(hv_ps "$hv") BGP table (local routes)" \
+        "$(hv_vm_prefixes "$hv")" "$(bgp_routes "$(hv_ps "$hv")" local)"
+}
+
+# print_sessions: a table of every expected session and its state per family.
+print_sessions() {
+    local ps peer states s4 s6 hv what
+    printf '    %-16s %-14s %-24s %-12s %-12s\n' FRR PEER WHAT IPV4 IPV6
+    while read -r ps peer; do
+        states="$(session_states "$ps" 2>/dev/null)" || states=""
+        s4="$(awk -v p="$peer" '$1 == "ipv4" && $2 == p {print $3}' <<<"$states")"
+        s6="$(awk -v p="$peer" '$1 == "ipv6" && $2 == p {print $3}' <<<"$states")"
+        what=""
+        for hv in "${hvs[@]}"; do
+            if [[ "$ps" == "$spine_ps" && "$peer" == "$(spine_neighbor "$hv")" ]]; then
+                what="$hv, $(hv_peering "$hv")"
+            elif [[ "$ps" == "$(hv_ps "$hv")" ]]; then
+                what="spine, $(hv_peering "$hv")"
+            fi
+        done
+        printf '    %-16s %-14s %-24s %-12s %-12s\n' "$ps" "$peer" "$what" "${s4:-none}" "${s6:-none}"
+    done < <(all_expected_sessions)
+}
+
+# ---------------------------------------------------------------------------------------------
+# up: namespaces and links
+
+create_namespaces() {
+    local ns
+    for ns in $(all_namespaces); do
+        ip netns add "$ns"
+        ip -n "$ns" link set lo up
+        # No duplicate address detection: addresses (link-local ones included) are usable at
+        # once. Set before any link exists here, so every link inherits it.
+        in_ns "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    done
+}
+
+setup_spine_and_out() {
+    in_ns "$ns_spine" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+
+    ip -n "$ns_spine" link add "$spine_out_if" type veth peer name "$out_if" netns "$ns_out"
+    ip -n "$ns_spine" addr add "$spine_out4/31" dev "$spine_out_if"
+    ip -n "$ns_spine" -6 addr add "$spine_out6/64" dev "$spine_out_if" nodad
+    ip -n "$ns_spine" link set "$spine_out_if" up
+    # The outside host is not announced: the hypervisors reach it through the default routes.
+    ip -n "$ns_spine" route add "$out_addr4/32" via "$out_link4" dev "$spine_out_if"
+    ip -n "$ns_spine" -6 route add "$out_addr6/128" via "$out_link6" dev "$spine_out_if"
+    # The extra prefixes exist on the spine only so that its 'network' lines pass import-check.
+    ip -n "$ns_spine" route add blackhole "$extra4"
+    ip -n "$ns_spine" -6 route add blackhole "$extra6"
+
     ip -n "$ns_out" addr add "$out_addr4/32" dev lo
     ip -n "$ns_out" -6 addr add "$out_addr6/128" dev lo
     ip -n "$ns_out" addr add "$out_link4/31" dev "$out_if"
     ip -n "$ns_out" -6 addr add "$out_link6/64" dev "$out_if" nodad
     ip -n "$ns_out" link set "$out_if" up
-    # Static routes to the pools, until BGP lands.
-    ip -n "$ns_out" route add "$pool4" via "$hv_uplink4" dev "$out_if"
-    ip -n "$ns_out" -6 route add "$pool6" via "$hv_uplink6" dev "$out_if"
+    ip -n "$ns_out" route add default via "$spine_out4" dev "$out_if"
+    ip -n "$ns_out" -6 route add default via "$spine_out6" dev "$out_if"
+}
+
+# setup_uplink HV: the veth hvN:uplink0 <-> spine:hvN. Link-local addresses come from the
+# kernel; the numbered hypervisor gets its /31 on top.
+setup_uplink() {
+    local hv="$1" ns
+    ns="$(hv_ns "$hv")"
+    ip -n "$ns" link add "$hv_uplink" type veth peer name "$hv" netns "$ns_spine"
+    if [[ -n "${hv_link4[$hv]}" ]]; then
+        ip -n "$ns" addr add "${hv_link4[$hv]}/31" dev "$hv_uplink"
+        ip -n "$ns_spine" addr add "${spine_link4[$hv]}/31" dev "$hv"
+    fi
+    ip -n "$ns" link set "$hv_uplink" up
+    ip -n "$ns_spine" link set "$hv" up
 }
 
 # setup_vm NAME: the veth pair and the guest side, configured as its ConfigDrive would.
 setup_vm() {
-    local vm="$1" ns port
+    local vm="$1" ns port hvns
     ns="$(vm_ns "$vm")"
     port="$(vm_port "$vm")"
+    hvns="$(hv_ns "${vm_hv[$vm]}")"
 
-    ip -n "$ns_hv" link add "$port" type veth peer name eth0 netns "$ns"
+    ip -n "$hvns" link add "$port" type veth peer name eth0 netns "$ns"
     # The host side stays down and unplugged until the daemon has made the bridge.
 
     ip -n "$ns" link set eth0 address "${vm_mac[$vm]}"
@@ -269,50 +593,296 @@ setup_vm() {
     fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# up: FRR
+
+spine_frr_conf() {
+    local hv nb
+    cat <<EOF
+! The lab's spine (scripts/lab.sh). Removed by 'scripts/lab.sh down'.
+frr defaults datacenter
+log syslog informational
+ip forwarding
+ipv6 forwarding
+!
+router bgp $spine_asn
+ bgp router-id $spine_router_id
+ ! Take whatever the hypervisors send, so that anything hvroute leaks beyond its VM
+ ! prefixes shows up here.
+ no bgp ebgp-requires-policy
+EOF
+    for hv in "${hvs[@]}"; do
+        nb="$(spine_neighbor "$hv")"
+        if [[ -n "${hv_link4[$hv]}" ]]; then
+            echo " neighbor $nb remote-as ${hv_asn[$hv]}"
+        else
+            echo " neighbor $nb interface remote-as external"
+        fi
+    done
+    local afi extra
+    for afi in ipv4 ipv6; do
+        if [[ "$afi" == ipv4 ]]; then extra="$extra4"; else extra="$extra6"; fi
+        echo " !"
+        echo " address-family $afi unicast"
+        echo "  network $extra"
+        for hv in "${hvs[@]}"; do
+            nb="$(spine_neighbor "$hv")"
+            echo "  neighbor $nb activate"
+            echo "  neighbor $nb default-originate"
+            echo "  neighbor $nb route-map LAB-TO-HV out"
+        done
+        echo " exit-address-family"
+    done
+    cat <<EOF
+exit
+!
+! To the hypervisors: the defaults (default-originate) and the extra prefixes, nothing else.
+ip prefix-list LAB-TO-HV-V4 seq 5 permit 0.0.0.0/0
+ip prefix-list LAB-TO-HV-V4 seq 10 permit $extra4
+ipv6 prefix-list LAB-TO-HV-V6 seq 5 permit ::/0
+ipv6 prefix-list LAB-TO-HV-V6 seq 10 permit $extra6
+!
+route-map LAB-TO-HV permit 10
+ match ip address prefix-list LAB-TO-HV-V4
+exit
+!
+route-map LAB-TO-HV permit 20
+ match ipv6 address prefix-list LAB-TO-HV-V6
+exit
+!
+route-map LAB-TO-HV deny 100
+exit
+!
+EOF
+}
+
+# start_frr NS PS CONFIG: FRR's zebra and bgpd in NS with pathspace PS, then CONFIG loaded with
+# `vtysh -b` (as FRR's own start-up does).
+start_frr() {
+    local ns="$1" ps="$2" conf="$3"
+    local etc="$frr_etc/$ps" run="$frr_run/$ps" d out
+    mkdir -p "$etc" "$run"
+    printf '%s\n' "$conf" >"$etc/frr.conf"
+    touch "$etc/vtysh.conf"
+    chown frr:frr "$etc" "$run" "$etc/frr.conf" "$etc/vtysh.conf"
+    # What the daemons print while they start (zebra: "Disabling MPLS support") goes to a file.
+    local start_log="$run_dir/frr-$ps.log"
+    for d in "${frr_daemons[@]}"; do
+        if ! in_ns "$ns" "$frr_libexec/$d" -d -N "$ps" -F datacenter -P 0 -i "$run/$d.pid" \
+            </dev/null >>"$start_log" 2>&1; then
+            indent <"$start_log"
+            die "$d -N $ps did not start in $ns (output above, in $start_log)."
+        fi
+        if ! wait_until "$frr_start_timeout_s" "$d -N $ps to answer on $run/$d.vty" test -S "$run/$d.vty"; then
+            indent <"$start_log"
+            die "$d -N $ps does not answer."
+        fi
+    done
+    log "$ps: zebra PID $(frr_pid "$ps" zebra), bgpd PID $(frr_pid "$ps" bgpd), config $etc/frr.conf"
+    if ! out="$(vtysh_ps "$ps" -b 2>&1)"; then
+        log "vtysh -N $ps -b (loading $etc/frr.conf) failed:"
+        indent <<<"$out"
+        exit 1
+    fi
+}
+
+start_all_frr() {
+    local hv
+    log "starting FRR on the spine ($spine_ps)"
+    start_frr "$ns_spine" "$spine_ps" "$(spine_frr_conf)"
+    for hv in "${hvs[@]}"; do
+        log "starting FRR on $hv ($(hv_ps "$hv")) with an empty config: hvroute pushes its own"
+        start_frr "$(hv_ns "$hv")" "$(hv_ps "$hv")" \
+            "! $hv of the lab (scripts/lab.sh). Empty at start: hvroute pushes its config over vtysh."
+    done
+}
+
+# ---------------------------------------------------------------------------------------------
+# up: hvroute
+
+write_config() {
+    local hv="$1" ps
+    ps="$(hv_ps "$hv")"
+    mkdir -p "$(hv_dir "$hv")/state"
+    {
+        cat <<EOF
+# hvroute config for $hv of the namespace lab (scripts/lab.sh). Removed by 'scripts/lab.sh down'.
+state_dir = "$(hv_dir "$hv")/state"
+socket = "$(hv_dir "$hv")/hvroute.sock"
+route_protocol = $route_protocol
+resync_interval_s = 30
+
+[bridge]
+name = "$bridge"
+mac = "$bridge_mac"
+mtu = 1500
+
+[pools]
+ipv4 = ["$pool4"]
+ipv6 = ["$pool6"]
+
+[bgp]
+asn = ${hv_asn[$hv]}
+router_id = "${hv_router_id[$hv]}"
+
+EOF
+        if [[ -n "${spine_link4[$hv]}" ]]; then
+            cat <<EOF
+[[bgp.peer]]                  # numbered: the spine's end of the /31
+address = "${spine_link4[$hv]}"
+remote_as = $spine_asn
+EOF
+        else
+            cat <<EOF
+[[bgp.peer]]                  # BGP unnumbered, over the uplink's link-local addresses
+interface = "$hv_uplink"
+remote_as = "external"
+EOF
+        fi
+        cat <<EOF
+
+[frr]
+pathspace = "$ps"
+config_file = "$frr_etc/$ps/frr.conf"
+run_dir = "$frr_run"
+EOF
+    } >"$(hv_conf "$hv")"
+}
+
 register_vms() {
-    local vm
+    local hv="$1" vm
     local -a args
-    for vm in "${vms[@]}"; do
+    for vm in $(hv_vms "$hv"); do
         args=(vm add "$vm" --mac "${vm_mac[$vm]}")
         [[ -n "${vm_ip4[$vm]}" ]] && args+=(--ip "${vm_ip4[$vm]}")
         [[ -n "${vm_ip6[$vm]}" ]] && args+=(--ip "${vm_ip6[$vm]}")
         args+=(--port "$(vm_port "$vm")")
-        log "hvroute ${args[*]}"
-        hvroute "${args[@]}"
+        log "$hv: hvroute ${args[*]}"
+        hvroute "$hv" "${args[@]}"
     done
 }
 
 start_daemon() {
+    local hv="$1" log_file ns
+    log_file="$(hv_log_file "$hv")"
+    ns="$(hv_ns "$hv")"
     : >"$log_file"
     # setsid: its own session, so the daemon outlives this shell and no terminal signal reaches
     # it. `ip netns exec` execs the command, so $! is the daemon's own PID.
     RUST_LOG="${RUST_LOG:-info}" NO_COLOR=1 setsid \
-        ip netns exec "$ns_hv" "$hvroute_bin" --config "$conf_file" daemon \
+        ip netns exec "$ns" "$hvroute_bin" --config "$(hv_conf "$hv")" daemon \
         </dev/null >>"$log_file" 2>&1 &
     local pid=$!
-    echo "$pid" >"$pid_file"
-    log "started hvroute daemon in $ns_hv, PID $pid, log $log_file"
+    echo "$pid" >"$(hv_pid_file "$hv")"
+    log "$hv: started hvroute daemon in $ns, PID $pid, log $log_file"
+}
+
+# wait_for_bridge HV: until the daemon has brought the bridge up; exits on failure.
+wait_for_bridge() {
+    local hv="$1" ns
+    ns="$(hv_ns "$hv")"
+    log "$hv: waiting up to ${bridge_timeout_s}s for the daemon to bring up $bridge in $ns"
+    # Stop waiting early if the daemon exits.
+    wait_until "$bridge_timeout_s" "$bridge to be up in $ns" bridge_up_or_daemon_gone "$hv" || true
+    if ! bridge_is_up "$hv"; then
+        if daemon_running "$hv"; then
+            log "$hv: the daemon (PID $(recorded_pid "$hv")) runs but has not brought $bridge up in ${bridge_timeout_s}s."
+        else
+            log "$hv: the daemon exited before it brought $bridge up."
+        fi
+        print_daemon_log_tail "$hv"
+        exit 1
+    fi
+    log "$hv: $bridge is up"
 }
 
 attach_ports() {
-    local vm port
-    for vm in "${vms[@]}"; do
+    local hv="$1" vm port ns
+    ns="$(hv_ns "$hv")"
+    for vm in $(hv_vms "$hv"); do
         port="$(vm_port "$vm")"
-        ip -n "$ns_hv" link set "$port" master "$bridge"
-        ip -n "$ns_hv" link set "$port" up
-        log "plugged $port into $bridge"
+        ip -n "$ns" link set "$port" master "$bridge"
+        ip -n "$ns" link set "$port" up
+        log "$hv: plugged $port into $bridge"
     done
+}
+
+# ---------------------------------------------------------------------------------------------
+# up: checks
+
+# check_bgp: sessions, the spine's exact prefix set, the hypervisors' refusals. Prints what it
+# finds; returns 1 if anything is wrong.
+check_bgp() {
+    local failed=0 hv out
+
+    log "waiting up to ${bgp_timeout_s}s for every BGP session to be Established"
+    wait_until "$bgp_timeout_s" "the BGP sessions" all_sessions_established || failed=1
+    log "BGP sessions:"
+    print_sessions
+    if ((failed)); then
+        log "not every BGP session is Established."
+        return 1
+    fi
+
+    log "waiting up to ${converge_timeout_s}s for the spine to hold exactly the VM prefixes"
+    wait_until "$converge_timeout_s" "the spine's prefixes" spine_holds_exactly_vm_prefixes || true
+    if out="$(spine_holds_exactly_vm_prefixes)"; then
+        log "OK   the spine's BGP table and kernel hold exactly the VM prefixes: $(vm_prefixes | tr '\n' ' ')"
+    else
+        log "FAIL the spine's prefixes are not the VM prefixes:"
+        indent <<<"$out"
+        failed=1
+    fi
+
+    for hv in "${hvs[@]}"; do
+        if out="$(hv_announces_its_vm_prefixes "$hv")"; then
+            log "OK   $hv announces exactly its own VM prefixes: $(hv_vm_prefixes "$hv" | tr '\n' ' ')"
+        else
+            log "FAIL $hv:"
+            indent <<<"$out"
+            failed=1
+        fi
+        if out="$(spine_offers_extra "$hv")"; then
+            log "OK   the spine offers $hv the extra $extra4 and $extra6"
+        else
+            log "FAIL $out"
+            failed=1
+        fi
+        wait_until "$converge_timeout_s" "$hv to learn only the defaults" hv_learned_only_defaults "$hv" >/dev/null 2>&1 || true
+        if out="$(hv_learned_only_defaults "$hv")"; then
+            log "OK   $hv learned 0.0.0.0/0 and ::/0 and nothing else (BGP table and kernel); it refused the extra"
+        else
+            log "FAIL $hv:"
+            indent <<<"$out"
+            failed=1
+        fi
+    done
+    return "$failed"
 }
 
 # A check: NAME|NAMESPACE|ping args...
 build_checks() {
-    checks=(
-        "vm1 -> out   IPv4|$(vm_ns vm1)|-4 $ping_opts $out_addr4"
-        "vm1 -> out   IPv6|$(vm_ns vm1)|-6 $ping_opts $out_addr6"
-        "out -> vm1   IPv4|$ns_out|-4 $ping_opts -I $out_addr4 ${vm_ip4[vm1]}"
-        "out -> vm1   IPv6|$ns_out|-6 $ping_opts -I $out_addr6 ${vm_ip6[vm1]}"
-        "vm2 -> out   IPv6|$(vm_ns vm2)|-6 $ping_opts $out_addr6"
-        "out -> vm2   IPv6|$ns_out|-6 $ping_opts -I $out_addr6 ${vm_ip6[vm2]}"
+    checks=()
+    local vm
+    for vm in "${vms[@]}"; do
+        if [[ -n "${vm_ip4[$vm]}" ]]; then
+            checks+=("$vm -> out   IPv4|$(vm_ns "$vm")|-4 $ping_opts $out_addr4")
+            checks+=("out -> $vm   IPv4|$ns_out|-4 $ping_opts -I $out_addr4 ${vm_ip4[$vm]}")
+        fi
+        if [[ -n "${vm_ip6[$vm]}" ]]; then
+            checks+=("$vm -> out   IPv6|$(vm_ns "$vm")|-6 $ping_opts $out_addr6")
+            checks+=("out -> $vm   IPv6|$ns_out|-6 $ping_opts -I $out_addr6 ${vm_ip6[$vm]}")
+        fi
+    done
+    checks+=(
+        # Across hypervisors, through the spine.
+        "vm1 -> vm3   IPv4|$(vm_ns vm1)|-4 $ping_opts ${vm_ip4[vm3]}"
+        "vm3 -> vm1   IPv4|$(vm_ns vm3)|-4 $ping_opts ${vm_ip4[vm1]}"
+        "vm1 -> vm3   IPv6|$(vm_ns vm1)|-6 $ping_opts ${vm_ip6[vm3]}"
+        "vm3 -> vm1   IPv6|$(vm_ns vm3)|-6 $ping_opts ${vm_ip6[vm1]}"
+        "vm2 -> vm3   IPv6|$(vm_ns vm2)|-6 $ping_opts ${vm_ip6[vm3]}"
+        "vm3 -> vm2   IPv6|$(vm_ns vm3)|-6 $ping_opts ${vm_ip6[vm2]}"
+        # On one hypervisor, through its bridge.
         "vm1 -> vm2   IPv6|$(vm_ns vm1)|-6 $ping_opts ${vm_ip6[vm2]}"
         "vm2 -> vm1   IPv6|$(vm_ns vm2)|-6 $ping_opts ${vm_ip6[vm1]}"
     )
@@ -343,10 +913,10 @@ run_checks() {
     printf '    %s\n' "${results[@]}"
     echo
     if ((failed > 0)); then
-        log "$failed of ${#checks[@]} checks FAILED."
+        log "$failed of ${#checks[@]} ping checks FAILED."
         return 1
     fi
-    log "all ${#checks[@]} checks passed."
+    log "all ${#checks[@]} ping checks passed."
 }
 
 on_up_exit() {
@@ -356,10 +926,28 @@ on_up_exit() {
     fi
 }
 
+# lab_leftovers: whatever of the lab exists now (namespaces, run dir, FRR dirs), one per line.
+lab_leftovers() {
+    local ps
+    lab_namespaces
+    [[ -e "$run_dir" ]] && echo "$run_dir"
+    for ps in $(all_ps); do
+        [[ -e "$frr_etc/$ps" ]] && echo "$frr_etc/$ps"
+        [[ -e "$frr_run/$ps" ]] && echo "$frr_run/$ps"
+    done
+    return 0
+}
+
 cmd_up() {
     need_root
-    if [[ -n "$(lab_namespaces)" || -e "$run_dir" ]]; then
-        log "the lab is already up (or left over): $(lab_namespaces | tr '\n' ' ')${run_dir}"
+    local leftovers
+    leftovers="$(lab_leftovers)"
+    if [[ -n "$leftovers" ]]; then
+        if lab_is_up >/dev/null 2>&1; then
+            log "the lab is already up; nothing to do ('scripts/lab.sh status' shows it, 'scripts/lab.sh down' removes it)."
+            exit 0
+        fi
+        log "a partial lab is left over: $(tr '\n' ' ' <<<"$leftovers")"
         log "look at it with 'scripts/lab.sh status', or tear it down first with 'scripts/lab.sh down'."
         exit 1
     fi
@@ -373,69 +961,83 @@ cmd_up() {
         (cd "$repo_root" && cargo build --release) || die "cargo build --release failed; nothing was set up."
     fi
     [[ -x "$hvroute_bin" ]] || die "no hvroute binary at $hvroute_bin."
+    [[ -x "$frr_libexec/zebra" && -x "$frr_libexec/bgpd" ]] || die "FRR's zebra and bgpd are not in $frr_libexec."
 
     # From here on a failure leaves a partial lab: say how to inspect and remove it.
     trap on_up_exit EXIT
 
     mkdir -p "$run_dir"
-    log "creating namespaces $ns_hv $ns_out ${vms[*]/#/$ns_prefix}"
+    log "creating namespaces $(all_namespaces | tr '\n' ' ')"
     create_namespaces
-    log "uplink: $ns_hv:$hv_uplink $hv_uplink4/31 $hv_uplink6/64 <-> $ns_out:$out_if $out_link4/31 $out_link6/64"
-    setup_uplink
-    local vm
+    log "outside link: $ns_spine:$spine_out_if $spine_out4/31 $spine_out6/64 <-> $ns_out:$out_if $out_link4/31 $out_link6/64"
+    setup_spine_and_out
+    local hv vm
+    for hv in "${hvs[@]}"; do
+        if [[ -n "${hv_link4[$hv]}" ]]; then
+            log "$hv uplink (numbered): $(hv_ns "$hv"):$hv_uplink ${hv_link4[$hv]}/31 <-> $ns_spine:$hv ${spine_link4[$hv]}/31"
+        else
+            log "$hv uplink (unnumbered, link-local only): $(hv_ns "$hv"):$hv_uplink <-> $ns_spine:$hv"
+        fi
+        setup_uplink "$hv"
+    done
     for vm in "${vms[@]}"; do
-        log "$vm: $ns_hv:$(vm_port "$vm") <-> $(vm_ns "$vm"):eth0 ${vm_mac[$vm]} ${vm_ip4[$vm]:-(no IPv4)} ${vm_ip6[$vm]:-(no IPv6)}"
+        log "$vm on ${vm_hv[$vm]}: $(hv_ns "${vm_hv[$vm]}"):$(vm_port "$vm") <-> $(vm_ns "$vm"):eth0 ${vm_mac[$vm]} ${vm_ip4[$vm]:-(no IPv4)} ${vm_ip6[$vm]:-(no IPv6)}"
         setup_vm "$vm"
     done
 
-    log "writing $conf_file"
-    write_config
-    register_vms
-    start_daemon
+    start_all_frr
 
-    log "waiting up to ${bridge_timeout_s}s for the daemon to bring up $bridge in $ns_hv"
-    # Stop waiting early if the daemon exits.
-    wait_until "$bridge_timeout_s" "$bridge to be up in $ns_hv" bridge_up_or_daemon_gone || true
-    if ! bridge_is_up; then
-        if daemon_running; then
-            log "the daemon (PID $(recorded_pid)) runs but has not brought $bridge up in ${bridge_timeout_s}s."
-        else
-            log "the daemon exited before it brought $bridge up."
-        fi
-        print_daemon_log_tail
+    for hv in "${hvs[@]}"; do
+        log "$hv: writing $(hv_conf "$hv")"
+        write_config "$hv"
+        register_vms "$hv"
+        start_daemon "$hv"
+    done
+    for hv in "${hvs[@]}"; do
+        wait_for_bridge "$hv"
+        attach_ports "$hv"
+    done
+
+    if ! check_bgp; then
+        for hv in "${hvs[@]}"; do
+            daemon_running "$hv" || log "$hv: the daemon is not running any more."
+        done
+        print_all_daemon_logs 20
         exit 1
     fi
-    log "$bridge is up"
-    attach_ports
 
     log "checking every path (each retried for up to ${ping_timeout_s}s)"
     if ! run_checks; then
-        if ! daemon_running; then
-            log "the daemon is not running any more."
-        fi
-        print_daemon_log_tail
+        for hv in "${hvs[@]}"; do
+            daemon_running "$hv" || log "$hv: the daemon is not running any more."
+        done
+        print_all_daemon_logs 20
         exit 1
     fi
-    if ! daemon_running; then
-        print_daemon_log_tail
-        die "the paths work but the daemon has exited."
-    fi
+    for hv in "${hvs[@]}"; do
+        if ! daemon_running "$hv"; then
+            print_daemon_log_tail "$hv"
+            die "the paths work but the $hv daemon has exited."
+        fi
+    done
 
     cat <<EOF
 
 lab: done. The lab is up:
-  - namespaces $ns_hv (hypervisor), ${vms[*]/#/$ns_prefix} (VMs), $ns_out (outside host)
-  - hvroute daemon PID $(recorded_pid) in $ns_hv, config $conf_file, log $log_file
-  - vm1 (dual stack) ${vm_ip4[vm1]} ${vm_ip6[vm1]}, vm2 (IPv6 only) ${vm_ip6[vm2]}
-  - the outside host ${out_addr4} / ${out_addr6} reaches the pools over static routes
+  - spine $ns_spine (FRR AS $spine_asn, pathspace $spine_ps), outside host $ns_out ($out_addr4, $out_addr6)
+  - hv1 $(hv_ns hv1): FRR AS ${hv_asn[hv1]} (pathspace $(hv_ps hv1)), unnumbered uplink; hvroute PID $(recorded_pid hv1)
+      vm1 (dual stack) ${vm_ip4[vm1]} ${vm_ip6[vm1]}, vm2 (IPv6 only) ${vm_ip6[vm2]}
+  - hv2 $(hv_ns hv2): FRR AS ${hv_asn[hv2]} (pathspace $(hv_ps hv2)), numbered uplink ${hv_link4[hv2]}/31; hvroute PID $(recorded_pid hv2)
+      vm3 (dual stack) ${vm_ip4[vm3]} ${vm_ip6[vm3]}
+  - configs and logs in $run_dir/hv1 and $run_dir/hv2
 
 Try next:
-  ip netns exec $ns_hv ip route show proto $route_protocol
-  ip netns exec $ns_hv ip -6 route show proto $route_protocol
-  ip netns exec $ns_hv ip neigh show dev $bridge nud permanent
-  ip netns exec $ns_hv $hvroute_bin --config $conf_file status
-  ip netns exec $ns_hv $hvroute_bin --config $conf_file reconcile --dry-run
-  ip netns exec $(vm_ns vm1) ping $out_addr6
+  vtysh -N $spine_ps -c 'show bgp summary'
+  vtysh -N $spine_ps -c 'show bgp ipv4 unicast'
+  vtysh -N $(hv_ps hv1) -c 'show running-config'
+  ip -n $ns_spine route show proto bgp
+  ip netns exec $(hv_ns hv1) $hvroute_bin --config $(hv_conf hv1) status
+  ip netns exec $(vm_ns vm1) ping ${vm_ip4[vm3]}
   scripts/lab.sh status
   scripts/lab.sh down
 EOF
@@ -444,45 +1046,84 @@ EOF
 # ---------------------------------------------------------------------------------------------
 # down
 
-stop_daemon() {
-    local pid
-    pid="$(recorded_pid)"
-    if [[ -z "$pid" ]]; then
-        log "no daemon PID recorded."
-        return 0
-    fi
-    if ! pid_alive "$pid"; then
-        log "daemon PID $pid is not running."
-        return 0
-    fi
-    if ! pid_is_lab_daemon "$pid"; then
-        warn "PID $pid is not an hvroute daemon (PID reused?); not signalling it."
-        return 0
-    fi
-    log "stopping daemon PID $pid (TERM)"
+# stop_pid PID WHAT: TERM, then KILL after stop_timeout_s.
+stop_pid() {
+    local pid="$1" what="$2"
+    log "stopping $what PID $pid (TERM)"
     kill -TERM "$pid" 2>/dev/null || true
-    if wait_until "$stop_timeout_s" "daemon PID $pid to exit" pid_gone "$pid"; then
-        log "daemon stopped."
+    if wait_until "$stop_timeout_s" "$what PID $pid to exit" pid_gone "$pid"; then
         return 0
     fi
-    warn "daemon PID $pid ignored TERM for ${stop_timeout_s}s; sending KILL"
+    warn "$what PID $pid ignored TERM for ${stop_timeout_s}s; sending KILL"
     kill -KILL "$pid" 2>/dev/null || true
-    wait_until 2 "daemon PID $pid to die" pid_gone "$pid" \
-        || warn "daemon PID $pid is still there."
+    wait_until 2 "$what PID $pid to die" pid_gone "$pid" \
+        || warn "$what PID $pid is still there."
+}
+
+# stop_daemon PIDFILE WHAT: the hvroute daemon recorded in PIDFILE.
+stop_daemon() {
+    local file="$1" what="$2" pid
+    pid="$(read_pid "$file")"
+    if [[ -z "$pid" ]]; then
+        log "$what: no PID recorded in $file."
+    elif ! pid_alive "$pid"; then
+        log "$what: PID $pid is not running."
+    elif ! pid_is_lab_daemon "$pid"; then
+        warn "$what: PID $pid is not an hvroute daemon (PID reused?); not signalling it."
+    else
+        stop_pid "$pid" "$what"
+    fi
+}
+
+# stop_frr PS: the FRR daemons of pathspace PS, by their pid files.
+stop_frr() {
+    local ps="$1" d pid
+    # bgpd first, so that it does not see zebra go away.
+    for d in bgpd zebra; do
+        pid="$(frr_pid "$ps" "$d")"
+        [[ -n "$pid" ]] || continue
+        if ! pid_alive "$pid"; then
+            log "$ps: $d PID $pid is not running."
+        elif ! pid_is_frr "$pid" "$d" "$ps"; then
+            warn "$ps: PID $pid in $frr_run/$ps/$d.pid is not '$d -N $ps' (PID reused?); not signalling it."
+        else
+            stop_pid "$pid" "$ps $d"
+        fi
+    done
 }
 
 cmd_down() {
     need_root
-    local did=""
-    if [[ -e "$pid_file" ]]; then
-        stop_daemon
+    local did="" file hv ps ns
+
+    # The hvroute daemons first, so that none of them talks to an FRR that is going away.
+    # ($run_dir/daemon.pid is where the one-hypervisor lab of earlier versions kept its PID.)
+    for file in "$run_dir"/daemon.pid "$run_dir"/*/daemon.pid; do
+        [[ -e "$file" ]] || continue
+        hv="$(basename -- "$(dirname -- "$file")")"
+        [[ "$hv" == "$(basename -- "$run_dir")" ]] && hv=hv
+        stop_daemon "$file" "$hv hvroute daemon"
         did=1
-    fi
-    local ns
+    done
+    for ps in $(all_ps); do
+        if [[ -d "$frr_run/$ps" ]]; then
+            stop_frr "$ps"
+            did=1
+        fi
+    done
     for ns in $(lab_namespaces); do
         log "deleting namespace $ns"
         ip netns del "$ns"
         did=1
+    done
+    for ps in $(all_ps); do
+        for file in "$frr_etc/$ps" "$frr_run/$ps"; do
+            if [[ -e "$file" ]]; then
+                log "removing $file"
+                rm -rf -- "$file"
+                did=1
+            fi
+        done
     done
     if [[ -e "$run_dir" ]]; then
         log "removing $run_dir"
@@ -499,73 +1140,96 @@ cmd_down() {
 # ---------------------------------------------------------------------------------------------
 # status
 
+# lab_is_up: every namespace, FRR daemon, hvroute daemon and BGP session is there. Prints
+# what is missing; returns 1 if anything is.
+lab_is_up() {
+    local ok=0 ns ps d hv out
+    for ns in $(all_namespaces); do
+        ns_exists "$ns" || { echo "namespace $ns is missing"; ok=1; }
+    done
+    for ps in $(all_ps); do
+        for d in "${frr_daemons[@]}"; do
+            frr_daemon_running "$ps" "$d" || { echo "$d -N $ps is not running"; ok=1; }
+        done
+    done
+    for hv in "${hvs[@]}"; do
+        daemon_running "$hv" || { echo "the $hv hvroute daemon is not running"; ok=1; }
+        bridge_is_up "$hv" || { echo "$bridge is not up in $(hv_ns "$hv")"; ok=1; }
+    done
+    if ((ok == 0)) && ! out="$(all_sessions_established)"; then
+        echo "$out"
+        ok=1
+    fi
+    return "$ok"
+}
+
 cmd_status() {
     need_root
-    local ok=1 ns pid
-    local -a want=("$ns_hv" "$ns_out")
-    for ns in "${vms[@]}"; do want+=("$(vm_ns "$ns")"); done
+    local ns ps d pid hv problems
 
-    log "namespaces:"
-    for ns in "${want[@]}"; do
-        if ns_exists "$ns"; then
-            printf '    %-14s present\n' "$ns"
-        else
-            printf '    %-14s MISSING\n' "$ns"
-            ok=""
-        fi
-    done
-    if [[ -z "$(lab_namespaces)" && ! -e "$run_dir" ]]; then
+    if [[ -z "$(lab_leftovers)" ]]; then
         log "the lab is down (start it with 'scripts/lab.sh up')."
         return 1
     fi
 
-    pid="$(recorded_pid)"
-    if [[ -z "$pid" ]]; then
-        log "daemon: no PID recorded in $pid_file"
-        ok=""
-    elif pid_is_lab_daemon "$pid"; then
-        log "daemon: running, PID $pid (log $log_file)"
-    else
-        log "daemon: NOT running (recorded PID $pid)"
-        ok=""
-        print_daemon_log_tail 20
+    log "namespaces:"
+    for ns in $(all_namespaces); do
+        if ns_exists "$ns"; then
+            printf '    %-16s present\n' "$ns"
+        else
+            printf '    %-16s MISSING\n' "$ns"
+        fi
+    done
+
+    for ps in $(all_ps); do
+        log "FRR $ps:"
+        for d in "${frr_daemons[@]}"; do
+            pid="$(frr_pid "$ps" "$d")"
+            if frr_daemon_running "$ps" "$d"; then
+                printf '    %-6s running, PID %s\n' "$d" "$pid"
+            else
+                printf '    %-6s NOT running%s\n' "$d" "${pid:+ (pid file says $pid)}"
+            fi
+        done
+        if frr_daemon_running "$ps" bgpd; then
+            log "vtysh -N $ps -c 'show bgp summary':"
+            vtysh_ps "$ps" -c 'show bgp summary' 2>&1 | sed '/^$/d' | indent || true
+        fi
+    done
+
+    for hv in "${hvs[@]}"; do
+        pid="$(recorded_pid "$hv")"
+        if [[ -z "$pid" ]]; then
+            log "$hv hvroute daemon: no PID recorded in $(hv_pid_file "$hv")"
+        elif pid_is_lab_daemon "$pid"; then
+            log "$hv hvroute daemon: running, PID $pid (log $(hv_log_file "$hv"))"
+        else
+            log "$hv hvroute daemon: NOT running (recorded PID $pid)"
+            print_daemon_log_tail "$hv" 20
+        fi
+        if ns_exists "$(hv_ns "$hv")" && [[ -x "$hvroute_bin" && -r "$(hv_conf "$hv")" ]]; then
+            log "$hv: hvroute status:"
+            hvroute "$hv" status 2>&1 | indent || log "$hv: hvroute status failed."
+        else
+            log "$hv: hvroute status: skipped (no namespace, no binary at $hvroute_bin or no $(hv_conf "$hv"))"
+        fi
+    done
+
+    if ns_exists "$ns_spine"; then
+        log "the spine's kernel routes with protocol bgp (expected: exactly the VM prefixes):"
+        {
+            ip -n "$ns_spine" -4 route show proto bgp
+            ip -n "$ns_spine" -6 route show proto bgp
+        } | indent
     fi
 
-    if ! ns_exists "$ns_hv"; then
-        log "no $ns_hv namespace: nothing more to show."
-        return 1
-    fi
-
-    if [[ -x "$hvroute_bin" && -r "$conf_file" ]]; then
-        log "hvroute status:"
-        hvroute status 2>&1 | sed 's/^/    /' || {
-            ok=""
-            log "hvroute status failed."
-        }
-    else
-        log "hvroute status: skipped (no binary at $hvroute_bin or no $conf_file)"
-    fi
-
-    log "IPv4 routes with protocol $route_protocol in $ns_hv:"
-    ip -n "$ns_hv" route show proto "$route_protocol" | sed 's/^/    /'
-    log "IPv6 routes with protocol $route_protocol in $ns_hv:"
-    ip -n "$ns_hv" -6 route show proto "$route_protocol" | sed 's/^/    /'
-    if ip -n "$ns_hv" link show dev "$bridge" >/dev/null 2>&1; then
-        log "permanent neighbours on $bridge:"
-        ip -n "$ns_hv" neigh show dev "$bridge" nud permanent | sed 's/^/    /'
-        log "$bridge and its ports:"
-        ip -n "$ns_hv" -br link show master "$bridge" | sed 's/^/    /'
-        ip -n "$ns_hv" -br addr show dev "$bridge" | sed 's/^/    /'
-    else
-        log "no $bridge in $ns_hv."
-        ok=""
-    fi
-
-    if [[ -n "$ok" ]]; then
+    if problems="$(lab_is_up 2>&1)"; then
         log "the lab is up."
         return 0
     fi
-    log "the lab is only partly up; 'scripts/lab.sh down' removes it."
+    log "the lab is only partly up:"
+    indent <<<"$problems"
+    log "'scripts/lab.sh down' removes it."
     return 1
 }
 

@@ -2,8 +2,9 @@
 //! one JSON response line per connection.
 //!
 //! Requests: `{"op":"reconcile"}` asks for a pass and answers when a pass that started
-//! after the request has finished; `{"op":"status"}` answers at once with the daemon's
-//! own state. The CLI uses it to make `vm add` and `vm del` land at once; without a
+//! after the request has finished; `{"op":"resync"}` does the same and also makes the next
+//! FRR sync read FRR's running config again (as the periodic resync does);
+//! `{"op":"status"}` answers at once with the daemon's own state. The CLI uses it to make `vm add` and `vm del` land at once; without a
 //! daemon, [`request`] returns `Ok(None)` and the change waits for the next pass.
 
 use std::io::{BufRead, BufReader, Write};
@@ -17,7 +18,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
+    /// A kernel pass now; FRR is told the difference (what `vm add` and `vm del` send).
     Reconcile,
+    /// A full resync now: a kernel pass, and FRR's running config read again.
+    Resync,
     Status,
 }
 

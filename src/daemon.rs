@@ -375,9 +375,13 @@ impl<K: Kernel> Daemon<K> {
                             self.store.invalidate(files.as_deref());
                             due = Some(due.map_or(soon, |d| d.min(soon)));
                         }
-                        Input::Control(Request::Reconcile, reply) => {
+                        Input::Control(req @ (Request::Reconcile | Request::Resync), reply) => {
                             waiters.push(reply);
                             due = Some(due.map_or(soon, |d| d.min(soon)));
+                            if req == Request::Resync && let Some(f) = &mut self.frr {
+                                f.reread = true;
+                                f.mark(soon);
+                            }
                         }
                         Input::FrrDone(wanted, r) => self.frr_done(wanted, r),
                         Input::Control(Request::Status, reply) => {

@@ -663,4 +663,5 @@ pub fn control_reconcile(socket: &Path, timeout: Duration) -> Option<String> {
     (!line.is_empty()).then_some(line)
 }
 
+pub mod fabric;
 pub mod frr;
