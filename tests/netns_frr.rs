@@ -499,11 +499,8 @@ fn resync_request_rereads_frr_at_once() {
 /// errors they originate (Packet Too Big, TTL exceeded) are dropped and IPv6 path-MTU
 /// discovery breaks. The loopbacks must be advertised (the only non-VM prefixes, checked
 /// by the exact-set comparison) and answer from the fabric.
-///
-/// The test puts the addresses on `lo` itself. hvroute does not today, and then BGP's
-/// import-check silently keeps them unadvertised. hvroute owns `bgp.loopback4/6`, so it
-/// should put them on `lo` too (or at least report them as missing in `status`);
-/// `ip addr replace` here keeps this test valid either way.
+/// hvroute puts them on `lo` itself: without them there, BGP's import-check would keep
+/// the loopback lines silently unadvertised.
 #[test]
 fn loopbacks_are_advertised_and_answer_pings() {
     let mut f = Fabric::new(
@@ -511,13 +508,19 @@ fn loopbacks_are_advertised_and_answer_pings() {
         &[HvSpec::new(Peering::Unnumbered).loopbacks(), HvSpec::new(Peering::Numbered).loopbacks()],
     );
     for hv in &mut f.hvs {
-        ip(&hv.ns, &format!("addr replace {}/32 dev lo", hv.loopback4()));
-        ip(&hv.ns, &format!("-6 addr replace {}/128 dev lo", hv.loopback6()));
         hv.add_vms(1);
     }
     f.start_daemons();
     f.wait_spine_exact(FABRIC_BOUND, "the spine to hold the VM prefixes and the loopbacks");
     for hv in &f.hvs {
+        let on_lo = ip(&hv.ns, "addr show dev lo");
+        for lo in [hv.loopback4(), hv.loopback6()] {
+            assert!(
+                on_lo.contains(&format!("{lo}/")),
+                "hvroute did not put {lo} on hv{}'s lo:\n{on_lo}",
+                hv.n
+            );
+        }
         let lines = hv.network_lines();
         for lo in [hv.loopback4(), hv.loopback6()] {
             let p = norm_prefix(&lo);
