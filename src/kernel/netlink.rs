@@ -57,12 +57,7 @@ impl Netlink {
     }
 
     async fn bridge_index(&self) -> Result<u32> {
-        let links = self.links().await?;
-        links
-            .iter()
-            .find(|l| link_name(l) == Some(self.bridge.as_str()))
-            .map(|l| l.header.index)
-            .with_context(|| format!("bridge {} does not exist", self.bridge))
+        self.link_index(&self.bridge).await?.with_context(|| format!("bridge {} does not exist", self.bridge))
     }
 
     async fn observe_bridge(&self) -> Result<Option<BridgeObs>> {
@@ -87,24 +82,7 @@ impl Netlink {
                 mac: link_mac(l),
             })
             .collect();
-        let addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(ifindex)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .context("cannot list the bridge's addresses")?
-            .into_iter()
-            .filter(|a| a.header.index == ifindex)
-            .filter_map(|a| {
-                a.attributes.iter().find_map(|attr| match attr {
-                    AddressAttribute::Address(ip) => Some(IfAddr { addr: *ip, prefix: a.header.prefix_len }),
-                    _ => None,
-                })
-            })
-            .collect();
+        let addrs = self.if_addrs(ifindex).await.context("cannot list the bridge's addresses")?;
         Ok(Some(BridgeObs {
             ifindex,
             is_bridge: link_kind(br) == Some(&InfoKind::Bridge),
@@ -123,22 +101,18 @@ impl Netlink {
         }))
     }
 
-    async fn lo_addrs(&self) -> Result<BTreeSet<IfAddr>> {
-        let links = self.links().await?;
-        let Some(lo) = links.iter().find(|l| link_name(l) == Some("lo")).map(|l| l.header.index) else {
-            return Ok(BTreeSet::new());
-        };
+    /// The addresses on one interface.
+    async fn if_addrs(&self, ifindex: u32) -> Result<BTreeSet<IfAddr>> {
         Ok(self
             .handle
             .address()
             .get()
-            .set_link_index_filter(lo)
+            .set_link_index_filter(ifindex)
             .execute()
             .try_collect::<Vec<_>>()
-            .await
-            .context("cannot list the loopback's addresses")?
+            .await?
             .into_iter()
-            .filter(|a| a.header.index == lo)
+            .filter(|a| a.header.index == ifindex)
             .filter_map(|a| {
                 a.attributes.iter().find_map(|attr| match attr {
                     AddressAttribute::Address(ip) => Some(IfAddr { addr: *ip, prefix: a.header.prefix_len }),
@@ -146,6 +120,17 @@ impl Netlink {
                 })
             })
             .collect())
+    }
+
+    async fn link_index(&self, name: &str) -> Result<Option<u32>> {
+        Ok(self.links().await?.iter().find(|l| link_name(l) == Some(name)).map(|l| l.header.index))
+    }
+
+    async fn lo_addrs(&self) -> Result<BTreeSet<IfAddr>> {
+        match self.link_index("lo").await? {
+            Some(lo) => self.if_addrs(lo).await.context("cannot list the loopback's addresses"),
+            None => Ok(BTreeSet::new()),
+        }
     }
 
     async fn observe_routes(handle: Handle, proto: u8) -> Result<BTreeSet<RouteKey>> {
@@ -249,12 +234,7 @@ impl Netlink {
                 req.execute().await?;
             }
             Op::AddLoopbackAddr { addr } => {
-                let links = self.links().await?;
-                let lo = links
-                    .iter()
-                    .find(|l| link_name(l) == Some("lo"))
-                    .map(|l| l.header.index)
-                    .context("no loopback interface")?;
+                let lo = self.link_index("lo").await?.context("no loopback interface")?;
                 h.address().add(lo, addr.addr, addr.prefix).replace().execute().await?;
             }
             Op::InstallRedirectFilter => {

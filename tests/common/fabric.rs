@@ -847,17 +847,7 @@ pathspace = "{ps}"
         let ns = vm.ns.clone();
         add_netns(&mut self.namespaces, &ns, false);
         ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {ns}", vm.port));
-        ip(&ns, &format!("link set eth0 address {}", vm.mac));
-        sh_in_ok(&ns, "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra");
-        ip(&ns, "link set eth0 up");
-        if let Some(a) = &vm.ip4 {
-            ip(&ns, &format!("addr add {a}/32 dev eth0"));
-            ip(&ns, &format!("route add default via {GW4} dev eth0 onlink"));
-        }
-        if let Some(a) = &vm.ip6 {
-            ip(&ns, &format!("-6 addr add {a}/128 dev eth0 nodad"));
-            ip(&ns, &format!("-6 route add default via {GW6} dev eth0"));
-        }
+        configure_guest(&vm);
         if bridge_exists(&self.ns) {
             self.attach(&vm);
         }

@@ -417,17 +417,7 @@ enabled = false
         let ns = vm.ns.clone();
         self.add_netns(&ns, false);
         ip(&self.hv, &format!("link add {} type veth peer name eth0 netns {ns}", vm.port));
-        ip(&ns, &format!("link set eth0 address {}", vm.mac));
-        sh_in_ok(&ns, "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra");
-        ip(&ns, "link set eth0 up");
-        if let Some(a) = &vm.ip4 {
-            ip(&ns, &format!("addr add {a}/32 dev eth0"));
-            ip(&ns, &format!("route add default via {GW4} dev eth0 onlink"));
-        }
-        if let Some(a) = &vm.ip6 {
-            ip(&ns, &format!("-6 addr add {a}/128 dev eth0 nodad"));
-            ip(&ns, &format!("-6 route add default via {GW6} dev eth0"));
-        }
+        configure_guest(&vm);
         vm
     }
 
@@ -665,3 +655,21 @@ pub fn control_reconcile(socket: &Path, timeout: Duration) -> Option<String> {
 
 pub mod fabric;
 pub mod frr;
+
+/// Configures a VM namespace's `eth0` exactly as its ConfigDrive configures a guest: its
+/// MAC, no router advertisements, the /32 and /128, default via 169.254.0.1 on-link and
+/// default via fe80::1.
+pub fn configure_guest(vm: &Vm) {
+    let ns = &vm.ns;
+    ip(ns, &format!("link set eth0 address {}", vm.mac));
+    sh_in_ok(ns, "echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_ra");
+    ip(ns, "link set eth0 up");
+    if let Some(a) = &vm.ip4 {
+        ip(ns, &format!("addr add {a}/32 dev eth0"));
+        ip(ns, &format!("route add default via {GW4} dev eth0 onlink"));
+    }
+    if let Some(a) = &vm.ip6 {
+        ip(ns, &format!("-6 addr add {a}/128 dev eth0 nodad"));
+        ip(ns, &format!("-6 route add default via {GW6} dev eth0"));
+    }
+}
