@@ -183,7 +183,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 pub fn run(cli: Cli) -> Result<()> {
     let cfg = Config::load(&cli.config)?;
     match cli.cmd {
-        Cmd::Daemon { force } => Ok(runtime()?.block_on(crate::daemon::run(cfg, force))?),
+        Cmd::Daemon { force } => {
+            let rt = runtime()?;
+            let r = rt.block_on(crate::daemon::run(cfg, force));
+            // Do not wait on an FRR sync or a vtysh that is still running: kernel and FRR
+            // state stay as they are, and the next daemon carries on from there.
+            rt.shutdown_timeout(Duration::from_secs(2));
+            Ok(r?)
+        }
         Cmd::Reconcile { dry_run, force, json } => cmd_reconcile(&cfg, dry_run, force, json),
         Cmd::Vm(VmCmd::Add(a)) => cmd_vm_add(&cfg, a),
         Cmd::Vm(VmCmd::Del { name }) => cmd_vm_del(&cfg, &name),

@@ -420,10 +420,11 @@ pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
         resync_s = cfg.resync_interval_s, "hvroute daemon starting"
     );
     let mut daemon = Daemon::new(cfg, store, boot_id, kernel, force);
-    let shutdown = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("signal handler");
-        let mut int = signal(SignalKind::interrupt()).expect("signal handler");
+    // Installed now, so that a SIGTERM during the first pass is not lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let shutdown = async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: stopping; kernel state stays in place"),
             _ = int.recv() => info!("SIGINT: stopping; kernel state stays in place"),
