@@ -280,7 +280,7 @@ async fn frr_once(cfg: &Config, desired: &Desired, dry_run: bool) -> FrrOnce {
     .await;
     match r {
         Ok(p) => {
-            FrrOnce { batch: p.batch, adds: p.adds, dels: p.dels, scaffolding: p.scaffolding, error: None }
+            FrrOnce { batch: p.text(), adds: p.adds, dels: p.dels, scaffolding: p.scaffolding, error: None }
         }
         Err(e) => FrrOnce {
             batch: String::new(),

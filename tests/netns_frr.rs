@@ -194,11 +194,17 @@ fn hypervisor_takes_only_the_default_routes() {
 
     let defaults = set(&[DEFAULT4, DEFAULT6]);
     for hv in &f.hvs {
-        let offered = spine_advertised_to(&f, &hv.spine_peer);
+        // The spine's own updates to hv may trail its RIB: wait for the offer first.
         let other = f.hvs.iter().find(|o| o.n != hv.n).expect("two hypervisors");
-        for p in set(&[EXTRA4, EXTRA6]).into_iter().chain(other.expected()) {
-            assert!(offered.contains(&p), "the spine does not offer {p} to hv{}: {offered:?}", hv.n);
-        }
+        let must_offer: BTreeSet<String> =
+            set(&[EXTRA4, EXTRA6]).into_iter().chain(other.expected()).collect();
+        wait_since(
+            &f,
+            Instant::now(),
+            REPAIR_BOUND,
+            &format!("the spine to offer hv{} everything", hv.n),
+            || spine_advertised_to(&f, &hv.spine_peer).is_superset(&must_offer),
+        );
         wait_since(
             &f,
             Instant::now(),

@@ -152,13 +152,20 @@ pub struct FrrPlan {
     pub dels: usize,
     /// The owned objects were missing and are re-asserted in the batch.
     pub scaffolding: bool,
-    /// frr.conf syntax, for `vtysh -f`.
+    /// The owned base config, when it has to be re-asserted (frr.conf syntax).
+    pub base: String,
+    /// The `network` line changes (frr.conf syntax, for `vtysh -f`).
     pub batch: String,
 }
 
 impl FrrPlan {
     pub fn is_empty(&self) -> bool {
-        self.batch.is_empty()
+        self.base.is_empty() && self.batch.is_empty()
+    }
+
+    /// Everything that is sent, base first.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.base, self.batch)
     }
 }
 
@@ -205,14 +212,14 @@ pub fn plan(
         per_af.entry(net.addr().is_ipv4()).or_default().push(line);
         p.adds += 1;
     }
-    let mut batch = String::new();
     if !running.scaffolding || running.asn.is_none() {
         p.scaffolding = true;
-        batch.push_str(scaffolding);
-        if !batch.ends_with('\n') {
-            batch.push('\n');
+        p.base = scaffolding.to_string();
+        if !p.base.ends_with('\n') {
+            p.base.push('\n');
         }
     }
+    let mut batch = String::new();
     if !per_af.is_empty() {
         batch.push_str(&format!("router bgp {asn}\n"));
         for (v4, lines) in per_af.iter().rev() {
@@ -268,7 +275,7 @@ pub async fn sync(
     if p.is_empty() {
         return Ok((SyncSummary { ms: ms(t), ..SyncSummary::default() }, running));
     }
-    if let Err(e) = vtysh.apply(&p.batch).await {
+    if let Err(e) = vtysh.apply(&[&p.base, &p.batch]).await {
         let left = match vtysh.running_config().await {
             Ok(text) => match plan(cfg, wanted, &parse_running(&text, cfg), scaffolding) {
                 Ok(again) => format!("{} adds and {} deletions still missing", again.adds, again.dels),
@@ -487,7 +494,7 @@ end
         assert!(plan(&c, &wanted, &r, "SCAFFOLD").unwrap().is_empty());
         let fresh = Running::default();
         let p = plan(&c, &wanted, &fresh, "SCAFFOLD\n").unwrap();
-        assert!(p.scaffolding && p.batch.starts_with("SCAFFOLD\nrouter bgp 65001\n"));
+        assert!(p.scaffolding && p.text().starts_with("SCAFFOLD\nrouter bgp 65001\n"));
         assert_eq!(p.adds, 4);
     }
 

@@ -5,6 +5,7 @@
 //! inside it.
 
 use std::path::PathBuf;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -85,22 +86,26 @@ impl Vtysh {
     /// Applies config lines (frr.conf syntax) in one vtysh batch, then `write memory`.
     /// Lines that bgpd rejects make this fail; the caller re-reads the running config,
     /// because a batch can be partly applied.
-    pub async fn apply(&self, config: &str) -> Result<()> {
-        let dir = tempfile_dir()?;
-        let path = dir.join(format!("hvroute-vtysh-{}.conf", std::process::id()));
-        tokio::fs::write(&path, config).await.with_context(|| format!("cannot write {}", path.display()))?;
-        let mut c = self.command();
-        c.arg("-f").arg(&path);
-        let r = self.run(c, None).await;
-        let _ = tokio::fs::remove_file(&path).await;
-        r?;
+    ///
+    /// Several batches go in order, each with its own `vtysh -f`, and one `write memory`
+    /// at the end: the base config goes first, so that BGP sessions start coming up while
+    /// bgpd is still taking 20,000 `network` lines.
+    pub async fn apply(&self, batches: &[&str]) -> Result<()> {
+        for batch in batches.iter().filter(|b| !b.is_empty()) {
+            // A fresh, private file (O_EXCL, mode 0600), removed when dropped.
+            let mut file = tempfile::Builder::new()
+                .prefix("hvroute-vtysh-")
+                .suffix(".conf")
+                .tempfile()
+                .context("cannot create a temporary file for vtysh")?;
+            std::io::Write::write_all(&mut file, batch.as_bytes()).context("cannot write the vtysh batch")?;
+            let mut c = self.command();
+            c.arg("-f").arg(file.path());
+            self.run(c, None).await?;
+        }
         let mut c = self.command();
         c.args(["-c", "write memory"]);
         self.run(c, None).await.context("write memory failed")?;
         Ok(())
     }
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    Ok(std::env::temp_dir())
 }
