@@ -376,8 +376,9 @@ impl<K: Kernel> Daemon<K> {
                             due = Some(due.map_or(soon, |d| d.min(soon)));
                         }
                         Input::Control(req @ (Request::Reconcile | Request::Resync), reply) => {
+                            // Someone waits for this pass: no debounce.
                             waiters.push(reply);
-                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                            due = Some(Instant::now());
                             if req == Request::Resync && let Some(f) = &mut self.frr {
                                 f.reread = true;
                                 f.mark(soon);
