@@ -275,7 +275,7 @@ pub async fn sync(
     if p.is_empty() {
         return Ok((SyncSummary { ms: ms(t), ..SyncSummary::default() }, running));
     }
-    if let Err(e) = vtysh.apply(&[&p.base, &p.batch]).await {
+    if let Err(e) = vtysh.apply(&p.base, &p.batch).await {
         let left = match vtysh.running_config().await {
             Ok(text) => match plan(cfg, wanted, &parse_running(&text, cfg), scaffolding) {
                 Ok(again) => format!("{} adds and {} deletions still missing", again.adds, again.dels),
