@@ -418,8 +418,12 @@ fn admin_lines_survive_passes_and_frr_restart() {
             } else {
                 f.hv_mut(1).register(&vm3);
             }
+            // Wait for FRR to take this change: changes that arrive while a sync is still
+            // running are (rightly) merged into the next sync.
+            f.hv_mut(1).pass_and_frr_sync();
+        } else {
+            f.hv_mut(1).pass();
         }
-        f.hv_mut(1).pass();
     }
     f.hv_mut(1).pass_and_frr_sync();
     let (syncs1, _) = f.hv_mut(1).frr_status();
