@@ -132,6 +132,7 @@ readonly settle_s=1             # after tearing down a pair, let the kernel and 
 readonly doc_file="docs/benchmarks.md"
 readonly hv_asn=65001 spine_asn=65000
 readonly hv_link=10.255.0.1 spine_link=10.255.0.0
+readonly zebra_rcvbuf=90000000 # zebra -s, as in Debian's /etc/frr/daemons
 
 need_root
 ensure_packages time frr
@@ -913,8 +914,13 @@ frr_start() {
     chown -R frr:frr "/etc/frr/$ps" "/var/run/frr/$ps"
     frr_pids[$ps]=""
     for d in zebra bgpd; do
+        local -a opts=()
+        # zebra's netlink receive buffer as Debian's /etc/frr/daemons sets it. With zebra's
+        # small default, a cold pass of 40,000 route and neighbour changes can overflow its
+        # socket, and zebra silently loses the kernel routes at the end of the pass (seen).
+        [[ "$d" == zebra ]] && opts=(-s "$zebra_rcvbuf")
         ip netns exec "$ns" "/usr/lib/frr/$d" -d -N "$ps" -F datacenter -P 0 -i "/var/run/frr/$ps/$d.pid" \
-            >/dev/null 2>&1 || die "$d for $ps did not start."
+            "${opts[@]}" >/dev/null 2>&1 || die "$d for $ps did not start."
         # shellcheck disable=SC2016  # $1 expands in the inner bash
         wait_until "$frr_start_timeout_s" "$d of $ps to write its pid file" \
             bash -c '[[ -s "$1" ]] && kill -0 "$(cat "$1")"' _ "/var/run/frr/$ps/$d.pid" \
@@ -1025,6 +1031,8 @@ keep_evidence() {
         timeout 30 vtysh -N "$hv_ns" -c "show running-config" 2>&1 | grep -c '^  network ' || true
         echo "### hypervisor: kernel routes of protocol 44"
         ip -n "$hv_ns" -6 route show proto 44 | wc -l
+        echo "### hypervisor: netlink sockets (/proc/net/netlink; zebra's PIDs: ${frr_pids[$hv_ns]:-})"
+        ip netns exec "$hv_ns" cat /proc/net/netlink
         echo "### spine: show bgp ipv6 unicast summary"
         timeout 30 vtysh -N "$sp_ns" -c "show bgp ipv6 unicast summary" 2>&1
         if [[ -n "$daemon_pid" && -S "${sock:-/nonexistent}" ]]; then
@@ -1052,9 +1060,21 @@ start_daemon() { # DS LOG: hvroute daemon for load DS in hv_ns
     daemon_pid=$!
 }
 
+# netlink_drops NS: "PID:DROPS ..." for every netlink socket in NS that the kernel had to
+# drop messages for (the socket's receive buffer was full); empty if none.
+netlink_drops() {
+    # shellcheck disable=SC2016  # awk's own $ fields
+    ip netns exec "$1" awk 'NR > 1 && $9 > 0 { printf "%s:%s ", $3, $9 }' /proc/net/netlink
+}
+
 fib_check() { # DS
     python3 "$py" fib "$sp_ns" "$sets/$1/list" "$fib_timeout_s" | sed "s/^/$log_prefix: /" \
         || { keep_evidence; die "the spine's FIB does not hold exactly the load's prefixes."; }
+    local drops
+    drops="$(netlink_drops "$hv_ns")"
+    if [[ -n "$drops" ]]; then
+        warn "netlink sockets in $hv_ns dropped messages (netlink port id:drops): $drops"
+    fi
 }
 
 # cold_hvroute DS VMS RUN CONF BENCH: one hvroute cold start, recorded.
