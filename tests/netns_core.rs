@@ -58,12 +58,8 @@ fn vm_add_on_running_daemon_routes_at_once_and_traffic_flows() {
     lab.wait_ping(&lab.out, Some(OUT6), VM1_6);
 }
 
-/// Prevents: deleting one VM tears down a neighbour's routes or neighbours (a whole-table
-/// flush, a delete by prefix instead of by address), or leaves the deleted VM's /32 and
-/// /128 behind, still attracting its traffic.
-#[test]
-fn vm_del_removes_exactly_that_vms_objects() {
-    let mut lab = Lab::new("del");
+/// Two dual-stack VMs, added, plugged in and routed by a running daemon.
+fn two_routed_vms(lab: &mut Lab) -> (Vm, Vm) {
     let vm1 = lab.vm(1, Some(VM1_4), Some(VM1_6));
     let vm2 = lab.vm(2, Some(VM2_4), Some(VM2_6));
     lab.vm_add(&vm1);
@@ -74,6 +70,16 @@ fn vm_del_removes_exactly_that_vms_objects() {
     lab.wait_until(REPAIR_BOUND, "both VMs' routes and neighbours", || {
         lab.vm_routed(&vm1) && lab.vm_routed(&vm2)
     });
+    (vm1, vm2)
+}
+
+/// Prevents: deleting one VM tears down a neighbour's routes or neighbours (a whole-table
+/// flush, a delete by prefix instead of by address), or leaves the deleted VM's /32 and
+/// /128 behind, still attracting its traffic.
+#[test]
+fn vm_del_removes_exactly_that_vms_objects() {
+    let mut lab = Lab::new("del");
+    let (vm1, vm2) = two_routed_vms(&mut lab);
 
     lab.hvroute_ok(&["vm", "del", "vm1"]);
     lab.wait_until(REPAIR_BOUND, "vm1's routes and neighbours to go", || lab.vm_unrouted(&vm1));
@@ -95,16 +101,7 @@ fn vm_del_removes_exactly_that_vms_objects() {
 #[test]
 fn two_vms_on_one_host_reach_each_other_through_the_host() {
     let mut lab = Lab::new("vm2vm");
-    let vm1 = lab.vm(1, Some(VM1_4), Some(VM1_6));
-    let vm2 = lab.vm(2, Some(VM2_4), Some(VM2_6));
-    lab.vm_add(&vm1);
-    lab.vm_add(&vm2);
-    lab.start_daemon(&[]);
-    lab.attach(&vm1);
-    lab.attach(&vm2);
-    lab.wait_until(REPAIR_BOUND, "both VMs' routes and neighbours", || {
-        lab.vm_routed(&vm1) && lab.vm_routed(&vm2)
-    });
+    let (vm1, vm2) = two_routed_vms(&mut lab);
 
     // Reachability first, for every path, so that a failure below is about the route taken.
     let paths = [(&vm1, &vm2), (&vm2, &vm1)];
