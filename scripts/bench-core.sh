@@ -101,7 +101,6 @@ if ((runs < 1 || passes < 1 || noop_runs < 1)); then
 fi
 
 # Bounds on everything that waits.
-readonly build_timeout_s=1800
 readonly run_timeout_s=300     # one hvroute reconcile or ip -batch
 readonly loop_timeout_s=1800   # one shell loop (about 90 s at 10,000 VMs on a 2-core VM)
 readonly daemon_start_timeout_s=60
@@ -189,26 +188,8 @@ new_ns() {
 
 work="$(mktemp -d /tmp/hvroute-bench.XXXXXX)"
 
-if [[ -z "$rev" ]]; then
-    log "building hvroute (release) from the working tree"
-    timeout "$build_timeout_s" cargo build --release --quiet || die "cargo build --release failed."
-    hvroute_bin="$repo_root/target/release/hvroute"
-    build_label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    if [[ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-        build_label="$build_label + uncommitted changes to src/ or Cargo.*"
-    fi
-else
-    # A clean export of REV, so that edits in the working tree do not leak into the figures.
-    build_label="$(git rev-parse --short "$rev^{commit}" 2>/dev/null)" || die "--rev $rev is not a commit."
-    log "building hvroute (release) from a clean export of $rev ($build_label)"
-    mkdir "$work/src"
-    git archive "$rev" | tar -x -C "$work/src"
-    CARGO_TARGET_DIR="$repo_root/target/bench-core" timeout "$build_timeout_s" \
-        cargo build --release --quiet --manifest-path "$work/src/Cargo.toml" \
-        || die "cargo build --release of $rev failed."
-    hvroute_bin="$repo_root/target/bench-core/release/hvroute"
-fi
-[[ -x "$hvroute_bin" ]] || die "$hvroute_bin is missing after the build."
+build_hvroute "$work" "$rev" bench-core
+hvroute_bin="$built_bin"
 results="$work/results.jsonl"
 : >"$results"
 py="$work/bench.py"
@@ -280,6 +261,10 @@ ipv6 = ["2001:db8:100::/40"]
 [bgp]
 asn = 65001
 router_id = "10.255.0.1"
+
+# The kernel side only; scripts/bench-frr.sh measures FRR.
+[frr]
+enabled = false
 ''')
     return len(lines)
 

@@ -113,7 +113,6 @@ if ((runs < 1 || samples < 1)); then
 fi
 
 # Bounds on everything that waits.
-readonly build_timeout_s=1800
 readonly frr_start_timeout_s=30
 readonly frr_stop_timeout_s=10
 readonly session_timeout_s=90   # the BGP session to come up (bootstrapped FRR)
@@ -251,29 +250,10 @@ trap 'exit 143' TERM
 
 work="$(mktemp -d /tmp/hvroute-bench-frr.XXXXXX)"
 
-if [[ -z "$rev" ]]; then
-    log "building hvroute (release) from the working tree"
-    timeout "$build_timeout_s" cargo build --release --quiet || die "cargo build --release failed."
-    built="$repo_root/target/release/hvroute"
-    build_label="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    if [[ -n "$(git status --porcelain -- src templates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-        build_label="$build_label + uncommitted changes to src/, templates/ or Cargo.*"
-    fi
-else
-    # A clean export of REV, so that edits in the working tree do not leak into the figures.
-    build_label="$(git rev-parse --short "$rev^{commit}" 2>/dev/null)" || die "--rev $rev is not a commit."
-    log "building hvroute (release) from a clean export of $rev ($build_label)"
-    mkdir "$work/src"
-    git archive "$rev" | tar -x -C "$work/src"
-    CARGO_TARGET_DIR="$repo_root/target/bench-frr" timeout "$build_timeout_s" \
-        cargo build --release --quiet --manifest-path "$work/src/Cargo.toml" \
-        || die "cargo build --release of $rev failed."
-    built="$repo_root/target/bench-frr/release/hvroute"
-fi
-[[ -x "$built" ]] || die "$built is missing after the build."
+build_hvroute "$work" "$rev" bench-frr
 # A private copy: another build in this tree during the run must not swap the binary.
 hvroute_bin="$work/hvroute"
-cp "$built" "$hvroute_bin"
+cp "$built_bin" "$hvroute_bin"
 results="$work/results.jsonl"
 : >"$results"
 py="$work/bench_frr.py"

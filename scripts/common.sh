@@ -181,3 +181,31 @@ wait_until() {
     fi
     return 1
 }
+
+# build_hvroute WORK REV TARGET_SUBDIR: builds hvroute in release mode, from the working tree
+# when REV is empty, else from a clean `git archive` export of REV unpacked in WORK/src (so
+# that edits in the working tree do not leak into benchmark figures), with its own target dir
+# target/TARGET_SUBDIR. Sets built_bin (the binary) and build_label (what was built).
+build_hvroute() {
+    local work="$1" rev="$2" subdir="$3" timeout_s=1800
+    if [[ -z "$rev" ]]; then
+        log "building hvroute (release) from the working tree"
+        timeout "$timeout_s" cargo build --release --quiet || die "cargo build --release failed."
+        built_bin="$repo_root/target/release/hvroute"
+        build_label="$(git -C "$repo_root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        if [[ -n "$(git -C "$repo_root" status --porcelain -- src templates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+            build_label="$build_label + uncommitted changes to src/, templates/ or Cargo.*"
+        fi
+    else
+        build_label="$(git -C "$repo_root" rev-parse --short "$rev^{commit}" 2>/dev/null)" \
+            || die "--rev $rev is not a commit."
+        log "building hvroute (release) from a clean export of $rev ($build_label)"
+        mkdir "$work/src"
+        git -C "$repo_root" archive "$rev" | tar -x -C "$work/src"
+        CARGO_TARGET_DIR="$repo_root/target/$subdir" timeout "$timeout_s" \
+            cargo build --release --quiet --manifest-path "$work/src/Cargo.toml" \
+            || die "cargo build --release of $rev failed."
+        built_bin="$repo_root/target/$subdir/release/hvroute"
+    fi
+    [[ -x "$built_bin" ]] || die "$built_bin is missing after the build."
+}
