@@ -898,16 +898,11 @@ pathspace = "{ps}"
 
     /// `ip netns exec HV hvroute --config CFG ARGS...`.
     pub fn hvroute(&self, args: &[&str]) -> Output {
-        let cfg = self.cfg.to_str().expect("utf-8 path");
-        let mut v = vec!["netns", "exec", &self.ns, BIN, "--config", cfg];
-        v.extend(args);
-        run("ip", &v)
+        hvroute_in(&self.ns, &self.cfg, args)
     }
 
     pub fn hvroute_ok(&self, args: &[&str]) -> String {
-        let o = self.hvroute(args);
-        assert!(o.status.success(), "`hvroute {}` on {} failed: {}", args.join(" "), self.ns, show(&o));
-        stdout(&o)
+        hvroute_ok_in(&self.ns, &self.cfg, args)
     }
 
     pub fn spawn_daemon(&mut self) {

@@ -430,17 +430,12 @@ enabled = false
 
     /// `ip netns exec HV hvroute --config CFG ARGS...`.
     pub fn hvroute(&self, args: &[&str]) -> Output {
-        let cfg = self.cfg.to_str().expect("utf-8 path");
-        let mut v = vec!["netns", "exec", &self.hv, BIN, "--config", cfg];
-        v.extend(args);
-        run("ip", &v)
+        hvroute_in(&self.hv, &self.cfg, args)
     }
 
     /// As [`Lab::hvroute`]; panics unless it exits 0. Returns stdout.
     pub fn hvroute_ok(&self, args: &[&str]) -> String {
-        let o = self.hvroute(args);
-        assert!(o.status.success(), "`hvroute {}` failed: {}", args.join(" "), show(&o));
-        stdout(&o)
+        hvroute_ok_in(&self.hv, &self.cfg, args)
     }
 
     /// `hvroute vm add NAME --mac M --ip A [--ip A] --port vNp`, which must exit 0.
@@ -672,4 +667,19 @@ pub fn configure_guest(vm: &Vm) {
         ip(ns, &format!("-6 addr add {a}/128 dev eth0 nodad"));
         ip(ns, &format!("-6 route add default via {GW6} dev eth0"));
     }
+}
+
+/// `ip netns exec NS hvroute --config CFG ARGS...`.
+pub fn hvroute_in(ns: &str, cfg: &Path, args: &[&str]) -> Output {
+    let cfg = cfg.to_str().expect("utf-8 path");
+    let mut v = vec!["netns", "exec", ns, BIN, "--config", cfg];
+    v.extend(args);
+    run("ip", &v)
+}
+
+/// As [`hvroute_in`]; panics unless it exits 0. Returns stdout.
+pub fn hvroute_ok_in(ns: &str, cfg: &Path, args: &[&str]) -> String {
+    let o = hvroute_in(ns, cfg, args);
+    assert!(o.status.success(), "`hvroute {}` on {ns} failed: {}", args.join(" "), show(&o));
+    stdout(&o)
 }
