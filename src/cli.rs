@@ -15,13 +15,13 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{self, Config};
-use crate::control::{self, DaemonStatus, PassSummary, Request};
+use crate::control::{self, DaemonStatus, PassSummary, Request, VmReply};
 use crate::kernel::Kernel;
 use crate::kernel::netlink::Netlink;
 use crate::model::{self, HostAddr, IfName, Invalid, Mac, Nic, Source, VmName, VmSpec};
 use crate::plan::{self, Desired, Options};
 use crate::reconcile::{self, PassError, PassOptions};
-use crate::store::Store;
+use crate::store::{Change, Store};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 ok, 1 runtime failure, 2 usage or invalid input.
@@ -426,82 +426,71 @@ fn spec_from_args(cfg: &Config, a: &AddArgs) -> Result<VmSpec, Invalid> {
     Ok(vm)
 }
 
-/// Asks a running daemon for a pass and reports; without a daemon, says the change waits.
-fn poke_daemon(cfg: &Config, what: &str) -> Result<()> {
-    match control::request::<Option<PassSummary>>(&cfg.socket, Request::Reconcile, Duration::from_secs(10)) {
-        Ok(Some(Some(p))) if p.errors.is_empty() => {
-            println!("{what}; applied by the daemon (pass {}, {} ops)", p.pass, p.ops);
-            Ok(())
-        }
-        Ok(Some(Some(p))) => {
-            println!(
-                "{what}; the daemon's pass {} had errors and will retry: {}",
-                p.pass,
-                p.errors.join("; ")
-            );
-            Ok(())
-        }
-        Ok(Some(None)) | Ok(None) => {
-            println!(
-                "{what}; no daemon answers at {}, so it applies at the next `hvroute reconcile` or daemon start",
-                cfg.socket.display()
-            );
-            Ok(())
-        }
-        Err(e) => {
-            println!("{what}; the daemon did not confirm ({e:#}); its next pass applies it");
-            Ok(())
-        }
-    }
-}
-
 fn cmd_vm_add(cfg: &Config, a: AddArgs) -> Result<()> {
     let vm = spec_from_args(cfg, &a)?;
-    let boot_id = cfg.boot_id()?;
-    let store = Store::open(&cfg.state_dir)?;
-    {
-        let lock = store.lock()?;
-        let snap = store.load()?;
-        let file = format!("{}.json", vm.name);
-        match snap.vms.get(&vm.name) {
-            Some(existing) if **existing == vm => {
-                println!("VM {} is already present with this spec; nothing to do", vm.name);
-                return Ok(());
-            }
-            Some(_) if !a.replace => {
-                return Err(Invalid(format!(
-                    "VM {} already exists with a different spec; use --replace to change it",
-                    vm.name
-                ))
-                .into());
-            }
-            None if snap.errors.contains_key(&file) && !a.replace => {
-                return Err(Invalid(format!(
-                    "VM {} has an unreadable state file ({}); use --replace to overwrite it",
-                    vm.name, snap.errors[&file]
-                ))
-                .into());
-            }
-            _ => {}
-        }
-        model::check_conflicts(&vm, snap.vms.values().map(|v| &**v), &boot_id)?;
-        store.put(&lock, &vm)?;
+    let req = Request::VmAdd { vm: vm.clone(), replace: a.replace };
+    if let Some(done) = through_daemon(cfg, req, &vm.name)? {
+        return Ok(done);
     }
-    poke_daemon(cfg, &format!("VM {} stored", vm.name))
+    // No daemon: the same rules, checked here against the whole state dir.
+    let boot_id = cfg.boot_id()?;
+    match Store::open(&cfg.state_dir)?.add(&vm, a.replace, &boot_id)? {
+        Change::Unchanged => println!("VM {} is already present with this spec; nothing to do", vm.name),
+        _ => println!(
+            "VM {} stored; no daemon answers at {}, so it applies at the next `hvroute reconcile` or daemon start",
+            vm.name,
+            cfg.socket.display()
+        ),
+    }
+    Ok(())
 }
 
 fn cmd_vm_del(cfg: &Config, name: &str) -> Result<()> {
     let name: VmName = name.parse()?;
-    let store = Store::open(&cfg.state_dir)?;
-    let existed = {
-        let lock = store.lock()?;
-        store.remove(&lock, &name)?
-    };
-    if !existed {
-        eprintln!("hvroute: VM {name} is not known; nothing to do");
-        return Ok(());
+    if let Some(done) = through_daemon(cfg, Request::VmDel { name: name.clone() }, &name)? {
+        return Ok(done);
     }
-    poke_daemon(cfg, &format!("VM {name} removed"))
+    match Store::open(&cfg.state_dir)?.del(&name)? {
+        Change::Unknown => eprintln!("hvroute: VM {name} is not known; nothing to do"),
+        _ => println!(
+            "VM {name} removed; no daemon answers at {}, so it applies at the next `hvroute reconcile` or daemon start",
+            cfg.socket.display()
+        ),
+    }
+    Ok(())
+}
+
+/// Hands `vm add`/`vm del` to a running daemon, which checks and writes with the store's
+/// rules and applies the change at once. `Ok(None)`: no daemon listens, do it here.
+fn through_daemon(cfg: &Config, req: Request, name: &VmName) -> Result<Option<()>> {
+    let reply = match control::request::<VmReply>(&cfg.socket, req, Duration::from_secs(10)) {
+        Ok(None) => return Ok(None),
+        Ok(Some(r)) => r,
+        Err(e) => {
+            return Err(e.context(format!(
+                "the daemon did not confirm the change to VM {name}; `hvroute vm list` shows whether it was stored"
+            )));
+        }
+    };
+    if let Some(why) = reply.invalid {
+        return Err(Invalid(why).into());
+    }
+    if let Some(e) = reply.error {
+        anyhow::bail!("the daemon could not change VM {name}: {e}");
+    }
+    let applied = |p: &Option<PassSummary>| match p {
+        Some(p) if p.errors.is_empty() => format!("applied by the daemon (pass {}, {} ops)", p.pass, p.ops),
+        Some(p) => format!("the daemon's pass {} had errors and will retry: {}", p.pass, p.errors.join("; ")),
+        None => "the daemon applies it with its next pass".into(),
+    };
+    match reply.change {
+        Some(Change::Stored) => println!("VM {name} stored; {}", applied(&reply.pass)),
+        Some(Change::Removed) => println!("VM {name} removed; {}", applied(&reply.pass)),
+        Some(Change::Unchanged) => println!("VM {name} is already present with this spec; nothing to do"),
+        Some(Change::Unknown) => eprintln!("hvroute: VM {name} is not known; nothing to do"),
+        None => anyhow::bail!("the daemon's answer about VM {name} says nothing"),
+    }
+    Ok(Some(()))
 }
 
 #[derive(Serialize)]

@@ -4,8 +4,14 @@
 //! Requests: `{"op":"reconcile"}` asks for a pass and answers when a pass that started
 //! after the request has finished; `{"op":"resync"}` does the same and also makes the next
 //! FRR sync read FRR's running config again (as the periodic resync does);
-//! `{"op":"status"}` answers at once with the daemon's own state. The CLI uses it to make `vm add` and `vm del` land at once; without a
-//! daemon, [`request`] returns `Ok(None)` and the change waits for the next pass.
+//! `{"op":"status"}` answers at once with the daemon's own state.
+//!
+//! `{"op":"vm_add","vm":{...},"replace":false}` and `{"op":"vm_del","name":"..."}` are the
+//! CLI's `vm add` and `vm del` done by the daemon: it holds the state dir's snapshot, so
+//! it checks and writes without reading 10,000 files, and runs the pass (and tells FRR)
+//! at once. The answer is a [`VmReply`]. The rules are [`crate::store::Store::add`]'s, the
+//! same as the CLI's own path without a daemon; the state dir stays the one source of
+//! truth. Without a daemon, [`request`] returns `Ok(None)` and the CLI writes itself.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -15,14 +21,41 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// A kernel pass now; FRR is told the difference (what `vm add` and `vm del` send).
+    /// A kernel pass now; FRR is told the difference.
     Reconcile,
     /// A full resync now: a kernel pass, and FRR's running config read again.
     Resync,
     Status,
+    /// Store a VM (admin intent) and apply it at once.
+    VmAdd {
+        vm: crate::model::VmSpec,
+        #[serde(default)]
+        replace: bool,
+    },
+    /// Remove a VM and apply it at once.
+    VmDel {
+        name: crate::model::VmName,
+    },
+}
+
+/// The daemon's answer to `vm_add` and `vm_del`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmReply {
+    /// What happened to the state dir; absent when refused or failed.
+    #[serde(default)]
+    pub change: Option<crate::store::Change>,
+    /// Why it was refused: the caller's input (exit 2).
+    #[serde(default)]
+    pub invalid: Option<String>,
+    /// Why it failed otherwise (exit 1).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The pass that applied the change, when there was one.
+    #[serde(default)]
+    pub pass: Option<PassSummary>,
 }
 
 /// What the daemon says about a pass.

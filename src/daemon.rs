@@ -83,6 +83,51 @@ impl FrrSide {
         }
         self.due = self.due.min(at);
     }
+
+    /// Takes the addresses of a new desired state; a difference makes a sync due now.
+    fn want(&mut self, cfg: &Config, desired: &crate::plan::Desired) {
+        let wanted = Arc::new(frr::Wanted::build(cfg, desired.addrs.keys()));
+        if *wanted != *self.wanted {
+            self.wanted = wanted;
+            self.mark(Instant::now());
+        }
+    }
+
+    /// Starts a sync if one is due and none is running.
+    fn maybe_start(&mut self, cfg: &Config, tx: &mpsc::UnboundedSender<Input>) {
+        if !self.dirty || self.inflight || Instant::now() < self.due {
+            return;
+        }
+        let scaffolding = match &self.scaffolding {
+            Ok(s) => s.clone(),
+            Err(e) => {
+                if self.last_error.as_deref() != Some(e) {
+                    error!(error = %e, "cannot render hvroute's FRR config; FRR is not told");
+                    self.last_error = Some(e.clone());
+                }
+                self.dirty = false;
+                return;
+            }
+        };
+        self.inflight = true;
+        self.dirty = false;
+        let (cfg, vtysh, wanted, tx) = (cfg.clone(), self.vtysh.clone(), self.wanted.clone(), tx.clone());
+        let known = if self.reread { None } else { self.known.clone() };
+        self.reread = false;
+        tokio::spawn(async move {
+            let r = frr::sync(&cfg, &vtysh, &wanted, &scaffolding, known.as_ref())
+                .await
+                .map_err(|e| format!("{e:#}"));
+            let _ = tx.send(Input::FrrDone(wanted, r));
+        });
+    }
+}
+
+/// Someone waiting for a pass: a control request (`reconcile`, `resync`), or the CLI's
+/// `vm add`/`vm del`, whose answer says what changed in the state dir.
+enum Waiter {
+    Pass(oneshot::Sender<serde_json::Value>),
+    Vm(oneshot::Sender<serde_json::Value>, crate::store::Change),
 }
 
 /// Events that arrive together are handled in one pass.
@@ -115,12 +160,18 @@ pub struct Daemon<K: Kernel> {
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
     started: Instant,
+    /// The FRR task reports back on this channel.
+    frr_tx: mpsc::UnboundedSender<Input>,
+    frr_rx: Option<mpsc::UnboundedReceiver<Input>>,
 }
 
 impl<K: Kernel> Daemon<K> {
     pub fn new(cfg: Config, store: Store, boot_id: String, kernel: K, force: bool) -> Self {
         let frr = cfg.frr.enabled.then(|| FrrSide::new(&cfg));
+        let (frr_tx, frr_rx) = mpsc::unbounded_channel();
         Daemon {
+            frr_tx,
+            frr_rx: Some(frr_rx),
             cfg,
             store,
             boot_id,
@@ -157,36 +208,6 @@ impl<K: Kernel> Daemon<K> {
         }
     }
 
-    /// Starts an FRR sync if one is due and none is running.
-    fn maybe_start_frr(&mut self, tx: &mpsc::UnboundedSender<Input>) {
-        let Some(f) = &mut self.frr else { return };
-        if !f.dirty || f.inflight || Instant::now() < f.due {
-            return;
-        }
-        let scaffolding = match &f.scaffolding {
-            Ok(s) => s.clone(),
-            Err(e) => {
-                if f.last_error.as_deref() != Some(e) {
-                    error!(error = %e, "cannot render hvroute's FRR config; FRR is not told");
-                    f.last_error = Some(e.clone());
-                }
-                f.dirty = false;
-                return;
-            }
-        };
-        f.inflight = true;
-        f.dirty = false;
-        let (cfg, vtysh, wanted, tx) = (self.cfg.clone(), f.vtysh.clone(), f.wanted.clone(), tx.clone());
-        let known = if f.reread { None } else { f.known.clone() };
-        f.reread = false;
-        tokio::spawn(async move {
-            let r = frr::sync(&cfg, &vtysh, &wanted, &scaffolding, known.as_ref())
-                .await
-                .map_err(|e| format!("{e:#}"));
-            let _ = tx.send(Input::FrrDone(wanted, r));
-        });
-    }
-
     fn frr_done(&mut self, wanted: Arc<frr::Wanted>, r: Result<(frr::SyncSummary, frr::Running), String>) {
         let Some(f) = &mut self.frr else { return };
         f.inflight = false;
@@ -220,6 +241,36 @@ impl<K: Kernel> Daemon<K> {
         }
     }
 
+    /// Does a `vm add` or `vm del` for the CLI, with the store's rules and lock. The store's
+    /// cached snapshot makes the check cheap, and it is patched with the one file written.
+    fn change_vm(&mut self, req: Request) -> anyhow::Result<crate::store::Change> {
+        let change = match &req {
+            Request::VmAdd { vm, replace } => {
+                vm.check_shape()?;
+                for (_, addr) in vm.addresses() {
+                    crate::model::check_addr(&self.cfg, addr)?;
+                }
+                if vm.source != crate::model::Source::Cli {
+                    anyhow::bail!(crate::model::Invalid(
+                        "vm_add takes admin intent (source cli) only".into()
+                    ));
+                }
+                self.store.add(vm, *replace, &self.boot_id)?
+            }
+            Request::VmDel { name } => self.store.del(name)?,
+            _ => unreachable!("only VM requests come here"),
+        };
+        if matches!(change, crate::store::Change::Stored | crate::store::Change::Removed) {
+            let (what, name) = match &req {
+                Request::VmAdd { vm, .. } => ("stored", vm.name.as_str()),
+                Request::VmDel { name } => ("removed", name.as_str()),
+                _ => unreachable!(),
+            };
+            info!(vm = name, "VM {what} for the CLI");
+        }
+        Ok(change)
+    }
+
     /// Notices an FRR restart by bgpd's pid; a restarted FRR is told everything again.
     fn check_frr_restart(&mut self) {
         let Some(f) = &mut self.frr else { return };
@@ -246,13 +297,26 @@ impl<K: Kernel> Daemon<K> {
         let n = self.passes;
         let span = tracing::info_span!("pass", n);
         let _g = span.enter();
-        let out = match reconcile::pass(
+        // Once the bridge is ours, FRR is told as soon as the desired state is known,
+        // side by side with the kernel work (import-check holds each line back until its
+        // route exists). The first pass tells FRR only after it got through the take-over.
+        let (frr, frr_tx, cfg) = (&mut self.frr, &self.frr_tx, &self.cfg);
+        let early = |d: &Arc<crate::plan::Desired>| {
+            if let Some(f) = frr
+                && !first
+            {
+                f.want(cfg, d);
+                f.maybe_start(cfg, frr_tx);
+            }
+        };
+        let out = match reconcile::pass_with(
             &self.cfg,
             &self.store,
             &self.boot_id,
             &mut self.kernel,
             &mut self.memo,
             opts,
+            early,
         )
         .await
         {
@@ -268,11 +332,7 @@ impl<K: Kernel> Daemon<K> {
         };
         self.taken_over = true;
         if let (Some(f), Some(d)) = (&mut self.frr, &out.desired) {
-            let wanted = Arc::new(frr::Wanted::build(&self.cfg, d.addrs.keys()));
-            if *wanted != *f.wanted {
-                f.wanted = wanted;
-                f.mark(Instant::now());
-            }
+            f.want(&self.cfg, d);
         }
         self.last_desired = out.desired.clone();
         if !out.plan.is_empty() {
@@ -316,11 +376,13 @@ impl<K: Kernel> Daemon<K> {
         let mut backoff = Duration::from_secs(1);
         let mut due: Option<Instant> = (!ok).then(|| Instant::now() + backoff);
         let mut next_resync = Instant::now() + resync;
-        let mut waiters: Vec<oneshot::Sender<serde_json::Value>> = Vec::new();
-        let (frr_tx, mut frr_rx) = mpsc::unbounded_channel::<Input>();
+        let mut waiters: Vec<Waiter> = Vec::new();
+        let mut frr_rx = self.frr_rx.take().expect("Daemon::run runs once");
         let mut next_pid_check = Instant::now() + FRR_PID_CHECK;
         loop {
-            self.maybe_start_frr(&frr_tx);
+            if let Some(f) = &mut self.frr {
+                f.maybe_start(&self.cfg, &self.frr_tx);
+            }
             let mut wake = due.map_or(next_resync, |d| d.min(next_resync));
             if let Some(f) = &self.frr {
                 wake = wake.min(next_pid_check);
@@ -360,7 +422,13 @@ impl<K: Kernel> Daemon<K> {
                     }
                     let summary = serde_json::to_value(&self.last_pass).unwrap_or_default();
                     for w in waiters.drain(..) {
-                        let _ = w.send(summary.clone());
+                        let _ = match w {
+                            Waiter::Pass(tx) => tx.send(summary.clone()),
+                            Waiter::Vm(tx, change) => tx.send(serde_json::json!({
+                                "change": change,
+                                "pass": summary.clone(),
+                            })),
+                        };
                     }
                 }
                 input = inputs.recv() => {
@@ -372,16 +440,39 @@ impl<K: Kernel> Daemon<K> {
                             due = Some(due.map_or(soon, |d| d.min(soon)));
                         }
                         Input::StateDirChanged(files) => {
-                            self.store.invalidate(files.as_deref());
-                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                            // The echo of the daemon's own write changes nothing.
+                            if self.store.refresh(files.as_deref()) {
+                                due = Some(due.map_or(soon, |d| d.min(soon)));
+                            }
                         }
                         Input::Control(req @ (Request::Reconcile | Request::Resync), reply) => {
                             // Someone waits for this pass: no debounce.
-                            waiters.push(reply);
+                            waiters.push(Waiter::Pass(reply));
                             due = Some(Instant::now());
                             if req == Request::Resync && let Some(f) = &mut self.frr {
                                 f.reread = true;
                                 f.mark(soon);
+                            }
+                        }
+                        Input::Control(req @ (Request::VmAdd { .. } | Request::VmDel { .. }), reply) => {
+                            match self.change_vm(req) {
+                                Ok(change @ (crate::store::Change::Stored | crate::store::Change::Removed)) => {
+                                    // The state dir changed: the pass runs now, and the
+                                    // answer waits for it.
+                                    waiters.push(Waiter::Vm(reply, change));
+                                    due = Some(Instant::now());
+                                }
+                                Ok(change) => {
+                                    let _ = reply.send(serde_json::json!({ "change": change }));
+                                }
+                                Err(e) => {
+                                    let (key, msg) = if e.is::<crate::model::Invalid>() {
+                                        ("invalid", e.to_string())
+                                    } else {
+                                        ("error", format!("{e:#}"))
+                                    };
+                                    let _ = reply.send(serde_json::json!({ key: msg }));
+                                }
                             }
                         }
                         Input::FrrDone(wanted, r) => self.frr_done(wanted, r),

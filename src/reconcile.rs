@@ -96,10 +96,27 @@ pub async fn pass<K: Kernel>(
     memo: &mut Memo,
     opts: PassOptions,
 ) -> Result<Outcome, PassError> {
+    pass_with(cfg, store, boot_id, kernel, memo, opts, |_| {}).await
+}
+
+/// [`pass`], calling `on_desired` with the desired state as soon as it is known, before
+/// the kernel is observed: the daemon tells FRR from there, so bgpd takes the change
+/// while the kernel side is worked on (import-check holds a line back until its route
+/// exists).
+pub async fn pass_with<K: Kernel>(
+    cfg: &Config,
+    store: &Store,
+    boot_id: &str,
+    kernel: &mut K,
+    memo: &mut Memo,
+    opts: PassOptions,
+    on_desired: impl FnOnce(&Arc<Desired>),
+) -> Result<Outcome, PassError> {
     let t0 = Instant::now();
     let snap = store.load()?;
     let desired = memo.desired(cfg, &snap, boot_id);
     let read_ms = ms(t0);
+    on_desired(&desired);
 
     let t = Instant::now();
     let observed = kernel.observe(&desired).await?;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{VmName, VmSpec};
+use crate::model::{self, Invalid, VmName, VmSpec};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -33,6 +33,16 @@ struct FileFormat {
     version: u32,
     #[serde(flatten)]
     vm: VmSpec,
+}
+
+/// What a `vm add` or `vm del` did to the state dir.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Stored,
+    Unchanged,
+    Removed,
+    Unknown,
 }
 
 /// Everything the state dir held at one read.
@@ -62,6 +72,8 @@ struct Cache {
     dir: Option<Stamp>,
     snapshot: Option<Arc<Snapshot>>,
     swept: Option<Instant>,
+    /// Whether a writer may have left temp files that nobody has removed yet.
+    temp_files_unchecked: bool,
 }
 
 /// The longest a cached snapshot is trusted without re-statting every file.
@@ -101,12 +113,13 @@ impl Store {
 
     /// Opens the state dir for reading only; a missing dir reads as empty.
     pub fn at(dir: &Path) -> Store {
-        Store { dir: dir.to_owned(), cache: Mutex::new(Cache::default()) }
+        let cache = Cache { temp_files_unchecked: true, ..Cache::default() };
+        Store { dir: dir.to_owned(), cache: Mutex::new(cache) }
     }
 
     /// Forgets the parsed copy of these files (by file name), or of all files.
     pub fn invalidate(&self, files: Option<&[String]>) {
-        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.cache();
         c.snapshot = None;
         match files {
             Some(names) => names.iter().for_each(|n| {
@@ -114,6 +127,87 @@ impl Store {
             }),
             None => c.files.clear(),
         }
+    }
+
+    /// Brings the cached snapshot up to date for these files (by file name), which
+    /// changed: each is stat'ed and, if its stamp moved, parsed again; a missing one
+    /// leaves the snapshot. The rest of the snapshot is kept, so a change to one file
+    /// costs one file, not a sweep of the directory. `None` (changes unknown, such as a
+    /// notify overflow) forgets everything, like [`Store::invalidate`].
+    ///
+    /// The daemon calls this for every notify event and after its own writes, so the
+    /// cache follows every change; a full sweep still runs every [`SWEEP_EVERY`].
+    ///
+    /// Returns whether the snapshot may have changed: `false` only when every named file
+    /// was already known as it is (the notify event of a write this process made itself).
+    pub fn refresh(&self, files: Option<&[String]>) -> bool {
+        let Some(names) = files else {
+            self.invalidate(None);
+            return true;
+        };
+        let mut c = self.cache();
+        let Some(old) = c.snapshot.clone() else {
+            drop(c);
+            self.invalidate(files);
+            return true;
+        };
+        let mut snap = (*old).clone();
+        let mut changed = false;
+        for fname in names {
+            let Some(stem) = fname.strip_suffix(".json").filter(|_| !fname.starts_with('.')) else {
+                continue;
+            };
+            let path = self.dir.join(fname);
+            let stamp = match fs::metadata(&path) {
+                Ok(m) => Stamp::of(&m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    changed |= c.files.remove(fname).is_some()
+                        | snap.errors.remove(fname).is_some()
+                        | snap.vms.keys().any(|n| n.as_str() == stem);
+                    snap.vms.retain(|name, _| name.as_str() != stem);
+                    continue;
+                }
+                Err(_) => {
+                    drop(c);
+                    self.invalidate(None);
+                    return true;
+                }
+            };
+            if matches!(c.files.get(fname), Some((then, _)) if *then == stamp) {
+                continue;
+            }
+            changed = true;
+            let parsed = self.load_file(&path, stem).map(Arc::new);
+            c.files.insert(fname.clone(), (stamp, parsed.clone()));
+            snap.vms.retain(|name, _| name.as_str() != stem);
+            snap.errors.remove(fname);
+            match parsed {
+                Ok(vm) => {
+                    snap.vms.insert(vm.name.clone(), vm);
+                }
+                Err(reason) => {
+                    snap.errors.insert(fname.clone(), reason);
+                }
+            }
+        }
+        match fs::metadata(&self.dir) {
+            Ok(m) => {
+                c.dir = Some(Stamp::of(&m));
+                if changed {
+                    c.snapshot = Some(Arc::new(snap));
+                }
+                changed
+            }
+            Err(_) => {
+                drop(c);
+                self.invalidate(None);
+                true
+            }
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn dir(&self) -> &Path {
@@ -141,7 +235,7 @@ impl Store {
     /// caller must not mistake an unreadable dir for an empty one); a bad file only
     /// lands in `errors`.
     pub fn load(&self) -> Result<Arc<Snapshot>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache();
         let dir_stamp = match fs::metadata(&self.dir) {
             Ok(m) => Stamp::of(&m),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Arc::default()),
@@ -172,10 +266,12 @@ impl Store {
         for entry in entries {
             let entry = entry.with_context(|| format!("cannot read state dir {}", self.dir.display()))?;
             let fname = entry.file_name().to_string_lossy().into_owned();
-            let Some(stem) = fname.strip_suffix(".json") else { continue };
             if fname.starts_with('.') {
-                continue; // temp files and the lock
+                // Temp files (and the lock): a writer removes stale ones.
+                cache.temp_files_unchecked |= fname.ends_with(".json.tmp");
+                continue;
             }
+            let Some(stem) = fname.strip_suffix(".json") else { continue };
             let stamp = entry.metadata().ok().map(|m| Stamp::of(&m));
             let parsed = match (stamp, cache.files.get(&fname)) {
                 (Some(now), Some((then, parsed))) if now == *then => parsed.clone(),
@@ -232,6 +328,52 @@ impl Store {
         Ok(f.vm)
     }
 
+    /// `vm add`: stores `vm` unless that would break the state's rules, checking and
+    /// writing under one lock. Used by the CLI without a daemon and by the daemon for the
+    /// CLI, so both decide alike:
+    /// - the same spec again is [`Change::Unchanged`];
+    /// - another spec under the same name, or an unreadable file of that name, needs
+    ///   `replace`;
+    /// - an address that another active VM holds with a different MAC is refused.
+    ///
+    /// Refusals are [`Invalid`] (the caller's input; exit 2); anything else is a runtime
+    /// failure.
+    pub fn add(&self, vm: &VmSpec, replace: bool, boot_id: &str) -> Result<Change> {
+        let lock = self.lock()?;
+        let snap = self.load()?;
+        let file = format!("{}.json", vm.name);
+        match snap.vms.get(&vm.name) {
+            Some(existing) if **existing == *vm => return Ok(Change::Unchanged),
+            Some(_) if !replace => {
+                return Err(Invalid(format!(
+                    "VM {} already exists with a different spec; use --replace to change it",
+                    vm.name
+                ))
+                .into());
+            }
+            None if snap.errors.contains_key(&file) && !replace => {
+                return Err(Invalid(format!(
+                    "VM {} has an unreadable state file ({}); use --replace to overwrite it",
+                    vm.name, snap.errors[&file]
+                ))
+                .into());
+            }
+            _ => {}
+        }
+        model::check_conflicts(vm, snap.vms.values().map(|v| &**v), boot_id)?;
+        self.put(&lock, vm)?;
+        self.refresh(Some(&[file]));
+        Ok(Change::Stored)
+    }
+
+    /// `vm del`: removes a VM; an unknown name is [`Change::Unknown`], not an error.
+    pub fn del(&self, name: &VmName) -> Result<Change> {
+        let lock = self.lock()?;
+        let existed = self.remove(&lock, name)?;
+        self.refresh(Some(&[format!("{name}.json")]));
+        Ok(if existed { Change::Removed } else { Change::Unknown })
+    }
+
     /// Reads one VM, if present and valid.
     pub fn get(&self, name: &VmName) -> Result<Option<VmSpec>> {
         let path = self.path_of(name);
@@ -245,7 +387,9 @@ impl Store {
 
     /// Writes one VM atomically. Call with the lock held.
     pub fn put(&self, _lock: &WriteLock, vm: &VmSpec) -> Result<()> {
-        self.sweep_temp_files();
+        if std::mem::take(&mut self.cache().temp_files_unchecked) {
+            self.sweep_temp_files();
+        }
         let path = self.path_of(&vm.name);
         let tmp = self.dir.join(format!(".{}.json.tmp", vm.name));
         let mut bytes = serde_json::to_vec_pretty(&FileFormat { version: FORMAT_VERSION, vm: vm.clone() })?;
@@ -356,6 +500,46 @@ mod tests {
         fs::write(dir.path().join("a.json"), b"{").unwrap();
         store.invalidate(Some(&["a.json".to_string()]));
         assert_eq!(store.load().unwrap().errors.len(), 1);
+    }
+
+    /// The daemon patches its snapshot with the files notify names instead of sweeping
+    /// 10,000 files; a patched snapshot must equal a fresh read.
+    #[test]
+    fn refresh_patches_the_snapshot_like_a_fresh_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Store::open(dir.path()).unwrap();
+        let other = Store::open(dir.path()).unwrap();
+        let lock = other.lock().unwrap();
+        other.put(&lock, &vm("a", "52:54:00:00:00:01", &["192.0.2.1"])).unwrap();
+        other.put(&lock, &vm("b", "52:54:00:00:00:02", &["192.0.2.2"])).unwrap();
+        assert_eq!(daemon.load().unwrap().vms.len(), 2);
+        // Another writer changes a, removes b, adds c, and breaks d.
+        other.put(&lock, &vm("a", "52:54:00:00:00:01", &["192.0.2.3"])).unwrap();
+        other.remove(&lock, &"b".parse().unwrap()).unwrap();
+        other.put(&lock, &vm("c", "52:54:00:00:00:03", &["192.0.2.4"])).unwrap();
+        fs::write(dir.path().join("d.json"), b"{").unwrap();
+        let names: Vec<String> = ["a.json", "b.json", "c.json", "d.json", ".c.json.tmp", "x.txt"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        daemon.refresh(Some(&names));
+        let patched = daemon.load().unwrap();
+        let fresh = Store::at(dir.path()).load().unwrap();
+        assert_eq!(patched.vms, fresh.vms);
+        assert_eq!(patched.errors, fresh.errors);
+        assert_eq!(patched.vms.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+        assert!(patched.errors.contains_key("d.json"));
+        // Through add and del, the cache follows the daemon's own writes too.
+        drop(lock);
+        assert_eq!(daemon.del(&"c".parse().unwrap()).unwrap(), Change::Removed);
+        assert_eq!(
+            daemon.add(&vm("e", "52:54:00:00:00:05", &["192.0.2.5"]), false, "boot").unwrap(),
+            Change::Stored
+        );
+        assert_eq!(daemon.load().unwrap().vms, Store::at(dir.path()).load().unwrap().vms);
+        let err = daemon.add(&vm("f", "52:54:00:00:00:06", &["192.0.2.5"]), false, "boot").unwrap_err();
+        assert!(err.is::<Invalid>(), "{err:#}");
+        assert!(err.to_string().contains("192.0.2.5 is already held by VM e"), "{err:#}");
     }
 
     #[test]

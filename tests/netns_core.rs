@@ -58,6 +58,57 @@ fn vm_add_on_running_daemon_routes_at_once_and_traffic_flows() {
     lab.wait_ping(&lab.out, Some(OUT6), VM1_6);
 }
 
+/// Every file of the lab's state dir with its bytes.
+fn state_files(lab: &Lab) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(lab.dir.path().join("state"))
+        .expect("state dir")
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("state file")))
+        .collect()
+}
+
+/// Prevents: with a daemon running, `vm add` and `vm del` go through it (it holds the
+/// state dir's snapshot); a daemon that checked less than the CLI alone would let two VMs
+/// claim one address, or a typo replace a VM.
+#[test]
+fn cli_rules_hold_when_the_daemon_does_the_write() {
+    let mut lab = Lab::new("rules");
+    lab.start_daemon(&[]);
+    let vm1 = lab.vm(1, Some(VM1_4), Some(VM1_6));
+    let out = lab.vm_add(&vm1);
+    assert!(out.contains("applied by the daemon"), "vm add did not go through the daemon: {out}");
+    lab.wait_until(REPAIR_BOUND, "vm1's routes and neighbours", || lab.vm_routed(&vm1));
+    let before = state_files(&lab);
+    let passes = |lab: &mut Lab| lab.daemon_status()["passes"].as_u64().expect("passes");
+    let passes_before = passes(&mut lab);
+
+    // An address held by another VM's MAC; a different spec without --replace; bad input.
+    let refused: [(&[&str], &str); 3] = [
+        (&["vm", "add", "vm2", "--mac", "52:54:00:aa:00:02", "--ip", VM1_4], "already held by VM vm1"),
+        (&["vm", "add", "vm1", "--mac", &vm1.mac, "--ip", VM2_4], "--replace"),
+        (&["vm", "add", "vm3", "--mac", "52:54:00:aa:00:03", "--ip", "192.0.2.300"], "192.0.2.300"),
+    ];
+    for (args, says) in refused {
+        let o = lab.hvroute(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", show(&o));
+        assert!(err.contains(says) && err.trim().lines().count() == 1, "{args:?}: {err}");
+        assert_eq!(state_files(&lab), before, "{args:?} changed the state dir");
+    }
+    // The same spec again, and an unknown name: exit 0, nothing to do, no pass.
+    assert!(lab.vm_add(&vm1).contains("already present"));
+    let o = lab.hvroute(&["vm", "del", "nosuchvm"]);
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not known"), "{}", show(&o));
+    assert_eq!(state_files(&lab), before);
+    assert_eq!(passes(&mut lab), passes_before, "a no-op change ran a pass");
+
+    let out = lab.hvroute_ok(&["vm", "del", "vm1"]);
+    assert!(out.contains("removed; applied by the daemon"), "{out}");
+    assert!(lab.vm_unrouted(&vm1), "vm1 is still routed when vm del returned\n{}", lab.diagnostics());
+    let left: Vec<String> = state_files(&lab).into_keys().filter(|f| f.ends_with(".json")).collect();
+    assert!(left.is_empty(), "state files left after vm del: {left:?}");
+}
+
 /// Two dual-stack VMs, added, plugged in and routed by a running daemon.
 fn two_routed_vms(lab: &mut Lab) -> (Vm, Vm) {
     let vm1 = lab.vm(1, Some(VM1_4), Some(VM1_6));

@@ -251,8 +251,11 @@ fn vm_add_and_del_reach_the_spine_at_once() {
     wait_since(&f, t, REPAIR_BOUND, "vm11's prefixes in the spine's FIB", || f.spine_fib_exact());
     let took = t.elapsed();
     wait_since(&f, t, REPAIR_BOUND, "vm11's prefixes in the spine's BGP RIB", || f.spine_rib_exact());
-    let sync_ms = f.hv_mut(1).status()["frr"]["last"]["ms"].as_f64().unwrap_or(f64::NAN);
+    let last = f.hv_mut(1).status()["frr"]["last"].clone();
+    let sync_ms = last["ms"].as_f64().unwrap_or(f64::NAN);
     eprintln!("vm add → spine FIB: {took:?} (CLI returned after {cli:?}; FRR sync took {sync_ms:.0} ms)");
+    // One VM's lines go straight to bgpd's vty socket, not through a vtysh process.
+    assert_eq!(last["lines_via"], "vty", "the last FRR sync: {last}");
     wait_ping(&f, &f.out, Some(OUT4), vm.ip4.as_deref().expect("dual stack"));
     wait_ping(&f, &f.out, Some(OUT6), vm.ip6.as_deref().expect("dual stack"));
 

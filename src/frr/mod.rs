@@ -247,6 +247,9 @@ pub struct SyncSummary {
     pub dels: usize,
     pub scaffolding: bool,
     pub ms: f64,
+    /// How the `network` lines reached bgpd: `vty` (its socket) or `vtysh` (`vtysh -f`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines_via: Option<String>,
 }
 
 /// One FRR sync: plan against the running config, push one batch, save.
@@ -275,7 +278,8 @@ pub async fn sync(
     if p.is_empty() {
         return Ok((SyncSummary { ms: ms(t), ..SyncSummary::default() }, running));
     }
-    if let Err(e) = vtysh.apply(&p.base, &p.batch).await {
+    let via = vtysh.apply(&p.base, &p.batch).await;
+    if let Err(e) = via {
         let left = match vtysh.running_config().await {
             Ok(text) => match plan(cfg, wanted, &parse_running(&text, cfg), scaffolding) {
                 Ok(again) => format!("{} adds and {} deletions still missing", again.adds, again.dels),
@@ -285,7 +289,13 @@ pub async fn sync(
         };
         anyhow::bail!("{e:#}; {left}");
     }
-    let summary = SyncSummary { adds: p.adds, dels: p.dels, scaffolding: p.scaffolding, ms: ms(t) };
+    let summary = SyncSummary {
+        adds: p.adds,
+        dels: p.dels,
+        scaffolding: p.scaffolding,
+        ms: ms(t),
+        lines_via: via.ok().flatten().map(str::to_owned),
+    };
     Ok((summary, running.after(cfg, wanted)))
 }
 

@@ -511,6 +511,12 @@ enabled = false
         self.daemon.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
     }
 
+    /// The daemon's `{"op":"status"}` answer.
+    pub fn daemon_status(&mut self) -> serde_json::Value {
+        let line = control(&self.socket, "status", Duration::from_secs(10)).expect("the daemon's status");
+        serde_json::from_str(&line).expect("status is JSON")
+    }
+
     pub fn daemon_pid(&self) -> Option<u32> {
         self.daemon.as_ref().map(Child::id)
     }
@@ -638,10 +644,15 @@ impl Drop for Lab {
 /// which comes when a pass that started after the request has finished. `None` if no
 /// daemon listens (yet) or it does not answer within TIMEOUT.
 pub fn control_reconcile(socket: &Path, timeout: Duration) -> Option<String> {
+    control(socket, "reconcile", timeout)
+}
+
+/// Sends `{"op":OP}` on the daemon's control socket and returns the answer line.
+pub fn control(socket: &Path, op: &str, timeout: Duration) -> Option<String> {
     let mut s = UnixStream::connect(socket).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
     s.set_write_timeout(Some(timeout)).ok()?;
-    s.write_all(b"{\"op\":\"reconcile\"}\n").ok()?;
+    s.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes()).ok()?;
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).ok()?;
     let line = line.trim().to_string();
