@@ -298,7 +298,7 @@ fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result
     let rt = runtime()?;
     let out = rt.block_on(async {
         let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
-        let opts = PassOptions { bring_up: true, check_takeover: true, force, dry_run };
+        let opts = PassOptions { bring_up: true, check_takeover: true, force, dry_run, quick: false };
         Ok::<_, anyhow::Error>(
             reconcile::pass(cfg, &store, &boot_id, &mut k, &mut reconcile::Memo::default(), opts).await?,
         )

@@ -292,19 +292,25 @@ impl<K: Kernel> Daemon<K> {
         // Until one pass has got through observation, each pass is the first: it checks
         // the take-over and brings the bridge up.
         let first = !self.taken_over;
-        let opts = PassOptions { bring_up: first, check_takeover: first, force: self.force, dry_run: false };
+        // Quick additions only onto a bridge that is ours and up (no pass waiting for link up).
+        let waiting = self.last_pass.as_ref().is_none_or(|p| p.waiting.is_some() || !p.errors.is_empty());
+        let opts = PassOptions {
+            bring_up: first,
+            check_takeover: first,
+            force: self.force,
+            dry_run: false,
+            quick: !first && !waiting,
+        };
         self.passes += 1;
         let n = self.passes;
         let span = tracing::info_span!("pass", n);
         let _g = span.enter();
-        // Once the bridge is ours, FRR is told as soon as the desired state is known,
-        // side by side with the kernel work (import-check holds each line back until its
-        // route exists). The first pass tells FRR only after it got through the take-over.
+        // FRR is told as soon as the desired state may be acted on (for the first pass,
+        // once the take-over check has passed), side by side with the kernel work:
+        // import-check holds each line back until its route exists.
         let (frr, frr_tx, cfg) = (&mut self.frr, &self.frr_tx, &self.cfg);
         let early = |d: &Arc<crate::plan::Desired>| {
-            if let Some(f) = frr
-                && !first
-            {
+            if let Some(f) = frr {
                 f.want(cfg, d);
                 f.maybe_start(cfg, frr_tx);
             }
@@ -335,6 +341,9 @@ impl<K: Kernel> Daemon<K> {
             f.want(&self.cfg, d);
         }
         self.last_desired = out.desired.clone();
+        if out.quick_ops > 0 {
+            info!(ops = out.quick_ops, ms = format!("{:.1}", out.timings.quick_ms), "applied quick additions");
+        }
         if !out.plan.is_empty() {
             let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
             info!(ops = out.plan.ops.len(), counts = %counts.join(" "), ms = format!("{:.1}", out.timings.total_ms), "applied plan");
@@ -354,7 +363,7 @@ impl<K: Kernel> Daemon<K> {
         self.last_error = out.errors.first().map(|e| e.to_string());
         self.last_pass = Some(PassSummary {
             pass: n,
-            ops: out.plan.ops.len(),
+            ops: out.quick_ops + out.plan.ops.len(),
             errors: out.errors.iter().map(|e| e.to_string()).collect(),
             total_ms: out.timings.total_ms,
             waiting: out.plan.waiting.clone(),

@@ -358,6 +358,29 @@ impl fmt::Display for Plan {
 }
 
 /// Computes the ops that take `observed` to `desired`.
+/// The additions that a change of the desired state from `prev` to `next` needs, planned
+/// without observing the kernel: a route and a permanent neighbour for each address that
+/// `next` holds and `prev` did not (or held for another MAC). These are the ops a full
+/// [`plan`] issues for such an address, and they have replace semantics, so the daemon
+/// applies them at once (the kernel route is what lets import-check advertise the prefix)
+/// and the full pass that follows finds them in place. Deletions are left to the full
+/// pass, which sees what is really there. `None` when more than `max` addresses changed:
+/// then the full pass is as quick.
+pub fn quick_adds(prev: &Desired, next: &Desired, proto: u8, max: usize) -> Option<Plan> {
+    let mut p = Plan { bridge: next.bridge.name.to_string(), proto, ..Plan::default() };
+    for (addr, mac) in &next.addrs {
+        if prev.addrs.get(addr) == Some(mac) {
+            continue;
+        }
+        if p.ops.len() >= 2 * max {
+            return None;
+        }
+        p.ops.push(Op::ReplaceRoute { addr: *addr });
+        p.ops.push(Op::ReplaceNeigh { addr: *addr, mac: *mac });
+    }
+    Some(p)
+}
+
 pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
     let b = &d.bridge;
@@ -698,6 +721,36 @@ mod tests {
         assert_eq!(p.to_string(), "+ addr 198.51.100.1/32 dev lo\n+ addr 2001:db8:ffff::1/128 dev lo\n");
         assert!(k.apply_now(&p).is_empty());
         assert!(plan(&d, &k.observe_now(&d), Options::default(), 44).is_empty());
+    }
+
+    /// Quick additions are exactly the route and neighbour work a full plan would do for
+    /// the new addresses, so the full pass after them finds nothing left to add.
+    #[test]
+    fn quick_adds_are_what_the_full_plan_would_add() {
+        let c = cfg();
+        let a = vm("a", "52:54:00:00:00:01", &["192.0.2.1", "2001:db8:100::1"], Source::Cli, None);
+        let b = vm("b", "52:54:00:00:00:02", &["192.0.2.2"], Source::Cli, None);
+        let prev = Desired::build(&c, &snap(vec![a.clone()]), "boot");
+        let mut k = crate::kernel::fake::Fake::new();
+        k.state = up_bridge(&prev);
+        assert!(k.apply_now(&plan(&prev, &k.observe_now(&prev), Options::default(), 44)).is_empty());
+        // b arrives, and a's IPv6 address moves to a new MAC.
+        let mut a2 = a.clone();
+        a2.nics[0].mac = "52:54:00:00:00:09".parse().unwrap();
+        a2.nics[0].addresses.remove(&"192.0.2.1".parse().unwrap());
+        let a1 = vm("a1", "52:54:00:00:00:01", &["192.0.2.1"], Source::Cli, None);
+        let next = Desired::build(&c, &snap(vec![a1, a2, b]), "boot");
+        let q = quick_adds(&prev, &next, 44, 8).expect("small change");
+        assert_eq!(
+            q.to_string(),
+            "+ route 192.0.2.2/32 dev cloudbr0 proto 44\n+ neigh 192.0.2.2 lladdr 52:54:00:00:00:02 dev cloudbr0 nud permanent proto 44\n\
+             + route 2001:db8:100::1/128 dev cloudbr0 proto 44\n+ neigh 2001:db8:100::1 lladdr 52:54:00:00:00:09 dev cloudbr0 nud permanent proto 44\n"
+        );
+        assert!(k.apply_now(&q).is_empty());
+        let rest = plan(&next, &k.observe_now(&next), Options::default(), 44);
+        assert!(rest.is_empty(), "the full plan after quick adds: {rest}");
+        assert!(quick_adds(&prev, &next, 44, 1).is_none(), "more than max");
+        assert!(quick_adds(&next, &next, 44, 8).unwrap().is_empty());
     }
 
     #[test]

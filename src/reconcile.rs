@@ -22,11 +22,20 @@ pub struct PassOptions {
     pub check_takeover: bool,
     pub force: bool,
     pub dry_run: bool,
+    /// Apply the routes and neighbours of addresses new since the last pass before
+    /// observing the kernel ([`plan::quick_adds`]); for a daemon whose bridge is up.
+    pub quick: bool,
 }
+
+/// The most addresses [`plan::quick_adds`] handles; a bigger change waits for the full pass.
+pub const QUICK_MAX: usize = 64;
 
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Timings {
     pub read_ms: f64,
+    /// The quick additions before observing (0 when there were none).
+    #[serde(default)]
+    pub quick_ms: f64,
     pub observe_ms: f64,
     pub plan_ms: f64,
     pub apply_ms: f64,
@@ -36,6 +45,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
     pub plan: Plan,
+    /// Ops applied as quick additions before the plan (see [`PassOptions::quick`]).
+    pub quick_ops: usize,
     #[serde(serialize_with = "errors_as_strings")]
     pub errors: Vec<OpError>,
     pub vms: usize,
@@ -71,6 +82,11 @@ pub struct Memo {
 }
 
 impl Memo {
+    /// The desired state of the last pass, if any.
+    pub fn last(&self) -> Option<Arc<Desired>> {
+        self.last.as_ref().map(|(_, _, d)| d.clone())
+    }
+
     fn desired(&mut self, cfg: &Config, snap: &Arc<Snapshot>, boot_id: &str) -> Arc<Desired> {
         if let Some((s, b, d)) = &self.last
             && Arc::ptr_eq(s, snap)
@@ -99,10 +115,11 @@ pub async fn pass<K: Kernel>(
     pass_with(cfg, store, boot_id, kernel, memo, opts, |_| {}).await
 }
 
-/// [`pass`], calling `on_desired` with the desired state as soon as it is known, before
-/// the kernel is observed: the daemon tells FRR from there, so bgpd takes the change
-/// while the kernel side is worked on (import-check holds a line back until its route
-/// exists).
+/// [`pass`], calling `on_desired` with the desired state as soon as it may be acted on:
+/// before the kernel is observed, or, when the pass checks the take-over, once that check
+/// has passed (before the kernel is changed). The daemon tells FRR from there, so bgpd
+/// takes the change while the kernel side is worked on; import-check holds each line
+/// back until its route exists.
 pub async fn pass_with<K: Kernel>(
     cfg: &Config,
     store: &Store,
@@ -114,9 +131,31 @@ pub async fn pass_with<K: Kernel>(
 ) -> Result<Outcome, PassError> {
     let t0 = Instant::now();
     let snap = store.load()?;
+    let prev = memo.last();
     let desired = memo.desired(cfg, &snap, boot_id);
     let read_ms = ms(t0);
-    on_desired(&desired);
+
+    // A VM just added: its route first, so that import-check can advertise it while the
+    // full pass is still observing 40,000 objects.
+    let t = Instant::now();
+    let mut quick_ops = 0;
+    if opts.quick
+        && !opts.dry_run
+        && let Some(prev) = prev.filter(|p| !Arc::ptr_eq(p, &desired))
+        && let Some(q) = plan::quick_adds(&prev, &desired, cfg.route_protocol, QUICK_MAX)
+        && !q.is_empty()
+    {
+        // Failures are left to the full pass below, which plans from what it observes.
+        let failed = kernel.apply(&q).await.len();
+        quick_ops = q.ops.len() - failed;
+    }
+    let quick_ms = ms(t);
+    let mut on_desired = Some(on_desired);
+    if !opts.check_takeover
+        && let Some(f) = on_desired.take()
+    {
+        f(&desired);
+    }
 
     let t = Instant::now();
     let observed = kernel.observe(&desired).await?;
@@ -127,6 +166,11 @@ pub async fn pass_with<K: Kernel>(
         if !why.is_empty() {
             return Err(PassError::Refused(why));
         }
+    }
+    if !opts.dry_run
+        && let Some(f) = on_desired.take()
+    {
+        f(&desired);
     }
 
     let t = Instant::now();
@@ -139,6 +183,7 @@ pub async fn pass_with<K: Kernel>(
 
     Ok(Outcome {
         plan: p,
+        quick_ops,
         errors,
         vms: snap.vms.len(),
         parked: desired.parked.len(),
@@ -146,6 +191,6 @@ pub async fn pass_with<K: Kernel>(
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
         conflicts: desired.conflicts.clone(),
         desired: Some(desired.clone()),
-        timings: Timings { read_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
+        timings: Timings { read_ms, quick_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
     })
 }

@@ -162,7 +162,8 @@ async fn failed_ops_are_retried_with_backoff() {
     let (tx, rx) = mpsc::unbounded_channel();
     drive(&mut d, rx, async {
         sleep(Duration::from_millis(1)).await;
-        rig.fake.0.borrow_mut().fail_next = 2;
+        // Both the quick additions and the full pass's own attempt fail.
+        rig.fake.0.borrow_mut().fail_next = 4;
         rig.add("vm1", "192.0.2.10");
         tx.send(Input::StateDirChanged(None)).unwrap();
         sleep(Duration::from_millis(50)).await;
