@@ -383,6 +383,47 @@ fn frr_plain_restart_comes_back_complete() {
     assert_eq!(f.hv(1).daemon_pid(), pid, "hvroute was restarted");
 }
 
+/// Prevents: a hypervisor whose frr.conf predates hvroute's `bgp route-map delay-timer 1`
+/// (or was written by hand without it) keeping bgpd's default 5 s for good, so that every
+/// plain FRR restart misses the 5 s acceptance (the peers stay down until that timer has
+/// run out). When FRR runs the default, the daemon sets the line and saves it; an admin's
+/// own value is left alone.
+#[test]
+fn route_map_delay_timer_is_set_and_saved_unless_the_admin_chose_one() {
+    const LINE: &str = "bgp route-map delay-timer 1";
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    let mut f = Fabric::new("rmt", &[HvSpec::new(Peering::Numbered)]);
+    f.hv_mut(1).add_vms(1);
+    f.start_daemons();
+    f.wait_spine_exact(FABRIC_BOUND, "the spine to hold the VM's prefixes");
+    let hv = f.hv(1);
+    assert!(has(&hv.frr.running_config(), LINE), "hvroute's base config lacks `{LINE}`");
+
+    // FRR back at its default, as an older frr.conf leaves it; the next read of FRR
+    // (a resync here, the same as after an FRR restart) sets it again and saves it.
+    hv.frr.configure(&["no bgp route-map delay-timer"]);
+    assert!(!has(&hv.frr.running_config(), LINE));
+    let t = Instant::now();
+    assert!(control_request(&hv.socket, r#"{"op":"resync"}"#, SETUP_BOUND).is_some());
+    wait_since(&f, t, REPAIR_BOUND, &format!("`{LINE}` back in FRR and in frr.conf"), || {
+        let saved = std::fs::read_to_string(hv.frr.conf_file()).unwrap_or_default();
+        has(&hv.frr.running_config(), LINE) && has(&saved, LINE)
+    });
+
+    // An admin's own value stays, through a resync.
+    hv.frr.configure(&["bgp route-map delay-timer 3"]);
+    let (syncs0, _) = f.hv_mut(1).frr_status();
+    assert!(control_request(&f.hv(1).socket, r#"{"op":"resync"}"#, SETUP_BOUND).is_some());
+    let ok = poll_until(SETUP_BOUND, || {
+        let (syncs, in_sync) = f.hv_mut(1).frr_status();
+        syncs > syncs0 && in_sync
+    });
+    assert!(ok, "no FRR sync after the resync request\n{}", f.diagnostics());
+    let rc = f.hv(1).frr.running_config();
+    assert!(has(&rc, "bgp route-map delay-timer 3"), "the admin's delay-timer is gone:\n{rc}");
+    f.assert_spine_exact("after the resyncs");
+}
+
 const ADMIN_PL: &str = "ip prefix-list ADMIN-KEEP seq 5 permit 10.255.99.0/24";
 const PASSWORD: &str = "hvt-s3cret";
 
