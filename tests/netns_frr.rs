@@ -14,11 +14,8 @@ use common::fabric::*;
 use common::*;
 use serde_json::Value;
 
-/// What a BGP session needs from a bgpd start to Established in FRR 8.4, on top of
-/// whatever hvroute does (measured here: about 4 to 4.5 s for both peerings, with or
-/// without hvroute, e.g. with a plain `vtysh -b` reload).
-const SESSION_BOUND: Duration = Duration::from_secs(20);
-/// The issue's bound for the spine to hold every prefix again after an FRR restart.
+/// The issue's bound for the spine to hold every prefix again after an FRR restart,
+/// counted from the moment the restarted FRR first answers vtysh.
 const RESTART_BOUND: Duration = Duration::from_secs(5);
 /// Bound for the spine to lose a dead hypervisor's routes: the socket closes at once, the
 /// hold timer (9 s) is the fallback.
@@ -281,23 +278,31 @@ fn kill_frr_and_wait_withdrawn(f: &Fabric, n: u8) {
     });
 }
 
-/// After an FRR restart that answered at ANSWERED: waits for the session, then for the
-/// spine to hold everything again, and reports the times.
+/// The issue's acceptance after an FRR restart that first answered vtysh at ANSWERED: the
+/// spine holds every prefix again (BGP RIB and FIB, exactly) within [`RESTART_BOUND`] of
+/// that moment. Prints when the session was Established and when the spine was complete,
+/// both counted from ANSWERED.
 fn wait_back_after_restart(f: &Fabric, n: u8, answered: Instant, what: &str) {
     let hv = f.hv(n);
     let sf = f.spine_frr();
-    wait_since(f, answered, SESSION_BOUND, &format!("the spine's session to hv{n} to come back"), || {
-        sf.peer_state(&hv.spine_peer).as_deref() == Some("Established")
-    });
-    let established = Instant::now();
-    wait_since(f, established, RESTART_BOUND, &format!("every prefix back on the spine ({what})"), || {
-        f.spine_exact()
-    });
+    let mut established = None;
+    wait_since(
+        f,
+        answered,
+        RESTART_BOUND,
+        &format!("every prefix of hv{n} back on the spine ({what})"),
+        || {
+            if established.is_none() && sf.peer_state(&hv.spine_peer).as_deref() == Some("Established") {
+                established = Some(answered.elapsed());
+            }
+            established.is_some() && f.spine_exact()
+        },
+    );
+    let complete = answered.elapsed();
+    let established = established.expect("the spine is complete only with the session up");
     eprintln!(
-        "{what}: session Established {:?} after FRR answered; spine complete {:?} after that ({:?} after FRR answered)",
-        established - answered,
-        established.elapsed(),
-        answered.elapsed()
+        "{what}: after FRR answered, session Established {established:?}, spine complete {complete:?} \
+         (bound {RESTART_BOUND:?})"
     );
 }
 
@@ -306,12 +311,12 @@ fn wait_back_after_restart(f: &Fabric, n: u8, answered: Instant, what: &str) {
 /// restarts hvroute. FRR comes back with an EMPTY config; hvroute, which keeps running,
 /// must notice and push its base config and every VM prefix again, and save them.
 ///
-/// Bounds: hvroute must have re-asserted every line within 3 s of FRR answering vtysh
-/// (it checks bgpd's pid every second). The issue's "spine has every prefix within 5 s of
-/// FRR answering" is checked from the moment the BGP session is Established again: FRR 8.4
-/// itself needs about 4 to 4.5 s from a bgpd start to an Established session, with or
-/// without hvroute (measured with a plain `vtysh -b` reload), which is not hvroute's to
-/// shorten. The total is printed.
+/// Bounds, both counted from the moment the restarted FRR first answers vtysh: hvroute
+/// must have re-asserted every line within 3 s (it checks bgpd's pid every second), and
+/// the spine must hold every prefix again within 5 s (the issue's acceptance). The second
+/// holds only because hvroute's base config sets `bgp route-map delay-timer 1`: with
+/// FRR's 5 s, the outbound policy named before its route-maps were pushed was resolved
+/// only when that timer fired, and the spine was complete after about 5.3 s (measured).
 #[test]
 fn frr_restart_with_lost_config_is_reasserted() {
     let mut f = Fabric::new("rse", &[HvSpec::new(Peering::Unnumbered)]);
@@ -352,7 +357,10 @@ fn frr_restart_with_lost_config_is_reasserted() {
 /// Prevents: a plain FRR restart (crash, `systemctl restart frr`) coming back without the
 /// VM prefixes because hvroute pushed them only to the running config and never saved
 /// them (the ovn-bgp-agent problem), or hvroute's reaction to the restart disturbing a
-/// config that FRR reloaded correctly by itself.
+/// config that FRR reloaded correctly by itself; and coming back too slowly: the spine
+/// must hold every prefix within 5 s of FRR answering (the issue's acceptance). While
+/// `vtysh -b` loads frr.conf, bgpd keeps the peers down until the route-map delay timer
+/// has run out; the saved `bgp route-map delay-timer 1` makes that 1 s instead of 5 s.
 #[test]
 fn frr_plain_restart_comes_back_complete() {
     let mut f = Fabric::new("rsp", &[HvSpec::new(Peering::Numbered)]);
@@ -376,6 +384,47 @@ fn frr_plain_restart_comes_back_complete() {
     f.assert_spine_exact("after the restart and a daemon pass");
     f.hv_mut(1).assert_daemon_running();
     assert_eq!(f.hv(1).daemon_pid(), pid, "hvroute was restarted");
+}
+
+/// Prevents: a hypervisor whose frr.conf predates hvroute's `bgp route-map delay-timer 1`
+/// (or was written by hand without it) keeping bgpd's default 5 s for good, so that every
+/// plain FRR restart misses the 5 s acceptance (the peers stay down until that timer has
+/// run out). When FRR runs the default, the daemon sets the line and saves it; an admin's
+/// own value is left alone.
+#[test]
+fn route_map_delay_timer_is_set_and_saved_unless_the_admin_chose_one() {
+    const LINE: &str = "bgp route-map delay-timer 1";
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    let mut f = Fabric::new("rmt", &[HvSpec::new(Peering::Numbered)]);
+    f.hv_mut(1).add_vms(1);
+    f.start_daemons();
+    f.wait_spine_exact(FABRIC_BOUND, "the spine to hold the VM's prefixes");
+    let hv = f.hv(1);
+    assert!(has(&hv.frr.running_config(), LINE), "hvroute's base config lacks `{LINE}`");
+
+    // FRR back at its default, as an older frr.conf leaves it; the next read of FRR
+    // (a resync here, the same as after an FRR restart) sets it again and saves it.
+    hv.frr.configure(&["no bgp route-map delay-timer"]);
+    assert!(!has(&hv.frr.running_config(), LINE));
+    let t = Instant::now();
+    assert!(control_request(&hv.socket, r#"{"op":"resync"}"#, SETUP_BOUND).is_some());
+    wait_since(&f, t, REPAIR_BOUND, &format!("`{LINE}` back in FRR and in frr.conf"), || {
+        let saved = std::fs::read_to_string(hv.frr.conf_file()).unwrap_or_default();
+        has(&hv.frr.running_config(), LINE) && has(&saved, LINE)
+    });
+
+    // An admin's own value stays, through a resync.
+    hv.frr.configure(&["bgp route-map delay-timer 3"]);
+    let (syncs0, _) = f.hv_mut(1).frr_status();
+    assert!(control_request(&f.hv(1).socket, r#"{"op":"resync"}"#, SETUP_BOUND).is_some());
+    let ok = poll_until(SETUP_BOUND, || {
+        let (syncs, in_sync) = f.hv_mut(1).frr_status();
+        syncs > syncs0 && in_sync
+    });
+    assert!(ok, "no FRR sync after the resync request\n{}", f.diagnostics());
+    let rc = f.hv(1).frr.running_config();
+    assert!(has(&rc, "bgp route-map delay-timer 3"), "the admin's delay-timer is gone:\n{rc}");
+    f.assert_spine_exact("after the resyncs");
 }
 
 const ADMIN_PL: &str = "ip prefix-list ADMIN-KEEP seq 5 permit 10.255.99.0/24";

@@ -33,6 +33,12 @@ pub const PL_POOLS4: &str = "HVR-POOLS-V4";
 pub const PL_POOLS6: &str = "HVR-POOLS-V6";
 pub const PL_LOOPBACK4: &str = "HVR-LOOPBACK-V4";
 pub const PL_LOOPBACK6: &str = "HVR-LOOPBACK-V6";
+/// bgpd's global `bgp route-map delay-timer`, in seconds (FRR's default is 5). A route-map
+/// or prefix-list change waits this long before bgpd applies it; at start-up (`vtysh -b`)
+/// bgpd also keeps every peer down until it has run out, so with 5 s a plain FRR restart
+/// brought the sessions up only about 4 s after FRR answered (measured, docs/frr.md). 0 is
+/// not an option: bgpd then never applies a prefix-list change by itself (facts.md).
+pub const RMAP_DELAY_TIMER_S: u32 = 1;
 pub mod vtysh;
 
 use std::collections::BTreeMap;
@@ -70,6 +76,9 @@ pub struct Running {
     pub networks: BTreeMap<IpNet, Option<String>>,
     /// Whether the peer-group and every owned route-map and prefix-list exist.
     pub scaffolding: bool,
+    /// `bgp route-map delay-timer N`; `None` when FRR runs its default (5 s), which it
+    /// does not print.
+    pub rmap_delay_timer: Option<u32>,
 }
 
 /// Reads `show running-config`. Only the default-VRF `router bgp` block is considered.
@@ -91,6 +100,9 @@ pub fn parse_running(text: &str, cfg: &Config) -> Running {
                 }
                 (Some("ip" | "ipv6"), Some("prefix-list"), Some(name), _) => {
                     names.insert(name.to_string());
+                }
+                (Some("bgp"), Some("route-map"), Some("delay-timer"), Some(n)) => {
+                    r.rmap_delay_timer = n.parse().ok();
                 }
                 _ => {}
             }
@@ -150,7 +162,8 @@ pub fn owns(cfg: &Config, net: &IpNet) -> bool {
 pub struct FrrPlan {
     pub adds: usize,
     pub dels: usize,
-    /// The owned objects were missing and are re-asserted in the batch.
+    /// Part of hvroute's base config was missing and is re-asserted in the batch: an
+    /// owned object, or the route-map delay-timer.
     pub scaffolding: bool,
     /// The owned base config, when it has to be re-asserted (frr.conf syntax).
     pub base: String,
@@ -178,6 +191,11 @@ pub struct AsnMismatch {
 
 /// Computes the vtysh batch that takes `running` to `wanted`. Pure. `scaffolding` is the
 /// owned base config (peer-group, policies), pushed when any part of it is missing.
+///
+/// bgpd's route-map delay-timer is set to [`RMAP_DELAY_TIMER_S`] when FRR runs its default
+/// (5 s, not printed): an frr.conf written before hvroute rendered the line, or by hand,
+/// would otherwise keep every FRR restart slow for good. An explicit value in FRR is the
+/// admin's choice and is kept, also when the rest of the base config is pushed again.
 pub fn plan(
     cfg: &Config,
     wanted: &Wanted,
@@ -212,12 +230,17 @@ pub fn plan(
         per_af.entry(net.addr().is_ipv4()).or_default().push(line);
         p.adds += 1;
     }
+    let timer = "bgp route-map delay-timer";
     if !running.scaffolding || running.asn.is_none() {
         p.scaffolding = true;
-        p.base = scaffolding.to_string();
-        if !p.base.ends_with('\n') {
-            p.base.push('\n');
-        }
+        p.base = scaffolding
+            .lines()
+            .filter(|l| running.rmap_delay_timer.is_none() || !l.starts_with(timer))
+            .map(|l| format!("{l}\n"))
+            .collect();
+    } else if running.rmap_delay_timer.is_none() {
+        p.scaffolding = true;
+        p.base = format!("{timer} {RMAP_DELAY_TIMER_S}\n");
     }
     let mut batch = String::new();
     if !per_af.is_empty() {
@@ -305,7 +328,12 @@ impl Running {
         let mut networks: BTreeMap<IpNet, Option<String>> =
             self.networks.iter().filter(|(n, _)| !owns(cfg, n)).map(|(n, r)| (*n, r.clone())).collect();
         networks.extend(wanted.networks.iter().map(|(n, r)| (*n, r.clone())));
-        Running { asn: Some(cfg.bgp.asn), networks, scaffolding: true }
+        Running {
+            asn: Some(cfg.bgp.asn),
+            networks,
+            scaffolding: true,
+            rmap_delay_timer: self.rmap_delay_timer.or(Some(RMAP_DELAY_TIMER_S)),
+        }
     }
 }
 
@@ -421,6 +449,7 @@ Current configuration:
 !
 frr version 8.4.4
 frr defaults datacenter
+bgp route-map delay-timer 1
 !
 ip prefix-list ADMIN seq 5 permit 10.0.0.0/8
 ip prefix-list HVR-DEFAULT-V4 seq 5 permit 0.0.0.0/0
@@ -520,6 +549,35 @@ end
         assert!(next.networks.contains_key(&"203.0.113.0/24".parse().unwrap()));
         assert!(next.networks.contains_key(&"203.0.113.5/32".parse().unwrap()));
         assert!(!next.networks.contains_key(&"192.0.2.10/32".parse().unwrap()));
+    }
+
+    /// An FRR at the default route-map delay-timer (an older frr.conf) gets hvroute's 1 s,
+    /// alone; an admin's explicit value is kept, also when the base config is pushed.
+    #[test]
+    fn the_route_map_delay_timer_is_set_unless_the_admin_chose_one() {
+        let c = cfg();
+        let mine: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "192.0.2.11".parse().unwrap(),
+            "2001:db8:100::10".parse().unwrap(),
+        ];
+        let wanted = Wanted::build(&c, &mine);
+        let default = parse_running(&RUNNING.replace("bgp route-map delay-timer 1\n", ""), &c);
+        assert_eq!(default.rmap_delay_timer, None);
+        let p = plan(&c, &wanted, &default, "SCAFFOLD\n").unwrap();
+        assert_eq!((p.base.as_str(), p.batch.as_str()), ("bgp route-map delay-timer 1\n", ""));
+        assert!(p.scaffolding);
+        assert!(plan(&c, &wanted, &default.after(&c, &wanted), "SCAFFOLD\n").unwrap().is_empty());
+
+        let base = "bgp route-map delay-timer 1\nrouter bgp 65001\nexit\n";
+        let admin = RUNNING.replace("delay-timer 1", "delay-timer 10");
+        let admin = parse_running(&admin.replace("route-map HVR-VM permit 10", "route-map X permit 10"), &c);
+        assert_eq!(admin.rmap_delay_timer, Some(10));
+        let p = plan(&c, &wanted, &admin, base).unwrap();
+        assert_eq!(p.base, "router bgp 65001\nexit\n", "the admin's timer is kept");
+        assert_eq!(admin.after(&c, &wanted).rmap_delay_timer, Some(10));
+        let fresh = plan(&c, &wanted, &Running::default(), base).unwrap();
+        assert_eq!(fresh.base, base);
     }
 
     #[test]

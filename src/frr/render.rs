@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::{
     PEER_GROUP, PL_DEFAULT4, PL_DEFAULT6, PL_LOOPBACK4, PL_LOOPBACK6, PL_POOLS4, PL_POOLS6, RM_IN, RM_OUT,
-    RM_VM,
+    RM_VM, RMAP_DELAY_TIMER_S,
 };
 use crate::config::{Config, RemoteAs};
 use crate::model::{IfName, Invalid};
@@ -73,6 +73,8 @@ fn tera_chain(e: &tera::Error) -> String {
 #[derive(Debug, Serialize)]
 struct Context {
     n: Names,
+    /// bgpd's `bgp route-map delay-timer` ([`RMAP_DELAY_TIMER_S`]).
+    rmap_delay_timer: u32,
     asn: u32,
     router_id: Ipv4Addr,
     /// Set when every peer has the same remote-as; otherwise each peer carries its own.
@@ -290,6 +292,7 @@ impl Context {
         }
         Ok(Context {
             n: Names { peer_group: PEER_GROUP, rm_in: RM_IN, rm_out: RM_OUT, rm_vm: RM_VM },
+            rmap_delay_timer: RMAP_DELAY_TIMER_S,
             asn: bgp.asn,
             router_id: bgp.router_id,
             group_remote_as,
