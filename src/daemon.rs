@@ -305,9 +305,9 @@ impl<K: Kernel> Daemon<K> {
         let n = self.passes;
         let span = tracing::info_span!("pass", n);
         let _g = span.enter();
-        // FRR is told as soon as the desired state may be acted on (for the first pass,
-        // once the take-over check has passed), side by side with the kernel work:
-        // import-check holds each line back until its route exists.
+        // FRR is told from inside the pass: for a small change right after the quick
+        // additions (the routes exist, so import-check lets the lines out at once),
+        // otherwise after the kernel work (reconcile::pass_with).
         let (frr, frr_tx, cfg) = (&mut self.frr, &self.frr_tx, &self.cfg);
         let early = |d: &Arc<crate::plan::Desired>| {
             if let Some(f) = frr {
@@ -342,7 +342,11 @@ impl<K: Kernel> Daemon<K> {
         }
         self.last_desired = out.desired.clone();
         if out.quick_ops > 0 {
-            info!(ops = out.quick_ops, ms = format!("{:.1}", out.timings.quick_ms), "applied quick additions");
+            info!(
+                ops = out.quick_ops,
+                ms = format!("{:.1}", out.timings.quick_ms),
+                "applied quick additions"
+            );
         }
         if !out.plan.is_empty() {
             let counts: Vec<String> = out.plan.counts().iter().map(|(k, v)| format!("{k}={v}")).collect();
