@@ -931,6 +931,12 @@ pair_up() {
     namespaces+=("$sp_ns")
     ip -n "$hv_ns" link set lo up
     ip -n "$sp_ns" link set lo up
+    # No duplicate address detection on the link: otherwise the spine's zebra can get the
+    # first routes while eth1's link-local address is still tentative, fail to install
+    # them ("Nexthop id does not exist") and never retry (seen once, at 20,000 routes).
+    for ns in "$hv_ns" "$sp_ns"; do
+        ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.accept_dad=0 net.ipv6.conf.all.accept_dad=0
+    done
     ip -n "$hv_ns" link add eth1 type veth peer name eth1 netns "$sp_ns"
     ip -n "$hv_ns" addr add "$hv_link/31" dev eth1
     ip -n "$sp_ns" addr add "$spine_link/31" dev eth1

@@ -36,6 +36,52 @@ pub struct Config {
     pub bgp: Bgp,
     #[serde(default)]
     pub frr: Frr,
+    #[serde(default)]
+    pub migration: Migration,
+}
+
+/// Live migration, make-before-break (design.md §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Migration {
+    /// Advertise an incoming VM de-preferred until its guest is seen running here, then
+    /// strictly preferred for `settle_s`. `false` is the plain strategy: an incoming VM is
+    /// advertised like any other from libvirt's `started` on.
+    #[serde(default = "d_true")]
+    pub make_before_break: bool,
+    /// AS-path prepends of an incoming VM on top of the baseline of one.
+    #[serde(default = "d_incoming_prepend")]
+    pub incoming_prepend: u8,
+    /// Seconds a VM that has just arrived is advertised with no prepend, so that this host
+    /// strictly wins over the source's baseline; then it returns to the baseline.
+    #[serde(default = "d_settle_s")]
+    pub settle_s: u64,
+    /// Seconds after `started` after which an incoming VM whose guest sent no
+    /// announcement (RARP, ARP, neighbour solicitation or advertisement) is taken as
+    /// arrived anyway; 0 waits for an announcement forever.
+    #[serde(default = "d_fallback_s")]
+    pub fallback_s: u64,
+}
+
+impl Default for Migration {
+    fn default() -> Self {
+        Migration {
+            make_before_break: true,
+            incoming_prepend: d_incoming_prepend(),
+            settle_s: d_settle_s(),
+            fallback_s: d_fallback_s(),
+        }
+    }
+}
+
+fn d_incoming_prepend() -> u8 {
+    2
+}
+fn d_settle_s() -> u64 {
+    30
+}
+fn d_fallback_s() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +300,15 @@ impl Config {
         }
         if self.resync_interval_s == 0 || self.resync_interval_s > 86_400 {
             return bad("resync_interval_s", &self.resync_interval_s, "use 1 to 86400 seconds");
+        }
+        if !(1..=8).contains(&self.migration.incoming_prepend) {
+            return bad("migration.incoming_prepend", &self.migration.incoming_prepend, "use 1 to 8");
+        }
+        if self.migration.settle_s > 3600 {
+            return bad("migration.settle_s", &self.migration.settle_s, "use 0 to 3600 seconds");
+        }
+        if self.migration.fallback_s > 86_400 {
+            return bad("migration.fallback_s", &self.migration.fallback_s, "use 0 (never) to 86400 seconds");
         }
         if !(1280..=65535).contains(&self.bridge.mtu) {
             return bad("bridge.mtu", &self.bridge.mtu, "use 1280 to 65535 (IPv6 needs at least 1280)");

@@ -27,6 +27,12 @@ pub const RM_IN: &str = "HVR-IN";
 pub const RM_OUT: &str = "HVR-OUT";
 /// Attached to every VM's `network` line: the baseline AS-path prepend of 1.
 pub const RM_VM: &str = "HVR-VM";
+/// An incoming VM during a live migration: the baseline plus `migration.incoming_prepend`
+/// more, so that the source keeps winning while the guest is paused here.
+pub const RM_VM_INCOMING: &str = "HVR-VM-INCOMING";
+/// A VM that has just arrived: no prepend, so that this host strictly wins over the
+/// source's baseline (a tie keeps the older path) for `migration.settle_s`.
+pub const RM_VM_ARRIVED: &str = "HVR-VM-ARRIVED";
 pub const PL_DEFAULT4: &str = "HVR-DEFAULT-V4";
 pub const PL_DEFAULT6: &str = "HVR-DEFAULT-V6";
 pub const PL_POOLS4: &str = "HVR-POOLS-V4";
@@ -134,7 +140,8 @@ pub fn parse_running(text: &str, cfg: &Config) -> Running {
 
 /// The owned objects that must exist for the VM lines to mean what they should.
 pub fn required_names(cfg: &Config) -> Vec<&'static str> {
-    let mut v = vec![PEER_GROUP, RM_IN, RM_OUT, RM_VM, PL_DEFAULT4, PL_DEFAULT6];
+    let mut v =
+        vec![PEER_GROUP, RM_IN, RM_OUT, RM_VM, RM_VM_INCOMING, RM_VM_ARRIVED, PL_DEFAULT4, PL_DEFAULT6];
     if !cfg.pools.ipv4.is_empty() {
         v.push(PL_POOLS4);
     }
@@ -487,6 +494,13 @@ exit
 !
 route-map HVR-VM permit 10
  set as-path prepend 65001
+exit
+!
+route-map HVR-VM-ARRIVED permit 10
+exit
+!
+route-map HVR-VM-INCOMING permit 10
+ set as-path prepend 65001 65001 65001
 exit
 !
 end

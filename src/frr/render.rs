@@ -30,7 +30,7 @@ use serde::Serialize;
 
 use super::{
     PEER_GROUP, PL_DEFAULT4, PL_DEFAULT6, PL_LOOPBACK4, PL_LOOPBACK6, PL_POOLS4, PL_POOLS6, RM_IN, RM_OUT,
-    RM_VM, RMAP_DELAY_TIMER_S,
+    RM_VM, RM_VM_ARRIVED, RM_VM_INCOMING, RMAP_DELAY_TIMER_S,
 };
 use crate::config::{Config, RemoteAs};
 use crate::model::{IfName, Invalid};
@@ -76,6 +76,8 @@ struct Context {
     /// bgpd's `bgp route-map delay-timer` ([`RMAP_DELAY_TIMER_S`]).
     rmap_delay_timer: u32,
     asn: u32,
+    /// The ASNs an incoming VM's route-map prepends (baseline plus the extra ones).
+    incoming_prepend: String,
     router_id: Ipv4Addr,
     /// Set when every peer has the same remote-as; otherwise each peer carries its own.
     group_remote_as: Option<RemoteAsText>,
@@ -91,6 +93,8 @@ struct Names {
     rm_in: &'static str,
     rm_out: &'static str,
     rm_vm: &'static str,
+    rm_vm_incoming: &'static str,
+    rm_vm_arrived: &'static str,
 }
 
 /// `external`, `internal` or an AS number: the only things `remote-as` gets.
@@ -291,9 +295,18 @@ impl Context {
             });
         }
         Ok(Context {
-            n: Names { peer_group: PEER_GROUP, rm_in: RM_IN, rm_out: RM_OUT, rm_vm: RM_VM },
+            n: Names {
+                peer_group: PEER_GROUP,
+                rm_in: RM_IN,
+                rm_out: RM_OUT,
+                rm_vm: RM_VM,
+                rm_vm_incoming: RM_VM_INCOMING,
+                rm_vm_arrived: RM_VM_ARRIVED,
+            },
             rmap_delay_timer: RMAP_DELAY_TIMER_S,
             asn: bgp.asn,
+            incoming_prepend: vec![bgp.asn.to_string(); 1 + usize::from(cfg.migration.incoming_prepend)]
+                .join(" "),
             router_id: bgp.router_id,
             group_remote_as,
             peers,

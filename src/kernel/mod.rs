@@ -8,6 +8,7 @@
 //! socket, pipelined requests; no `ip` forks). [`fake::Fake`] is an in-memory kernel for
 //! loop and property tests that can be told to fail.
 
+pub mod announce;
 pub mod events;
 pub mod fake;
 pub mod netlink;

@@ -320,6 +320,136 @@ pub fn rib_learned(rib: &BTreeMap<String, Vec<Value>>) -> BTreeSet<String> {
     rib.iter().filter(|(_, paths)| paths.iter().any(learned)).map(|(k, _)| k.clone()).collect()
 }
 
+/// The first AS of each path of PREFIX that the spine uses: the best path and its
+/// multipath siblings (the datacenter profile's multipath-relax splits traffic over
+/// paths of equal AS-path length).
+pub fn used_paths_from(rib: &BTreeMap<String, Vec<Value>>, prefix: &str) -> BTreeSet<u32> {
+    rib.get(&norm_prefix(prefix))
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            valid(p)
+                && (p.get("multipath").and_then(Value::as_bool) == Some(true)
+                    || p.pointer("/bestpath/overall").and_then(Value::as_bool) == Some(true))
+        })
+        .filter_map(|p| as_path(p).first().copied())
+        .collect()
+}
+
+/// Every path of PREFIX in RIB, as (first AS, AS-path length).
+pub fn paths_of(rib: &BTreeMap<String, Vec<Value>>, prefix: &str) -> BTreeSet<(u32, usize)> {
+    rib.get(&norm_prefix(prefix))
+        .into_iter()
+        .flatten()
+        .filter(|p| valid(p))
+        .filter_map(|p| {
+            let path = as_path(p);
+            path.first().map(|a| (*a, path.len()))
+        })
+        .collect()
+}
+
+/// Sends one RARP self-announce from MAC out of `eth0` in namespace NS, as QEMU does
+/// after a live migration's switchover.
+pub fn send_rarp(ns: &str, mac: &str) {
+    let py = r#"
+import socket, struct, sys
+mac = bytes.fromhex(sys.argv[1].replace(':', ''))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
+frame = b'\xff' * 6 + mac + struct.pack('!H', 0x8035) + arp
+s.send(frame + bytes(max(0, 60 - len(frame))))
+"#;
+    let o =
+        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", py, mac]).output().expect("python3");
+    assert!(o.status.success(), "sending a RARP in {ns} failed: {}", show(&o));
+}
+
+/// `ping -D -i 0.01` from NS to DST in the background, its output in a file;
+/// [`Pinger::stop`] returns the answers.
+pub struct Pinger {
+    child: Child,
+    out: tempfile::NamedTempFile,
+}
+
+/// What a [`Pinger`] saw.
+pub struct PingLog {
+    /// Unix time (s) of each answered probe, in order.
+    pub answered: Vec<f64>,
+    pub sent: u64,
+}
+
+impl PingLog {
+    fn parse(text: &str) -> PingLog {
+        let answered = text
+            .lines()
+            .filter(|l| l.contains("bytes from"))
+            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok())
+            .collect();
+        let sent = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        PingLog { answered, sent }
+    }
+
+    /// The longest time between two answered probes, and when it began (Unix time).
+    pub fn longest_gap(&self) -> (Duration, f64) {
+        self.answered
+            .windows(2)
+            .map(|w| (Duration::from_secs_f64((w[1] - w[0]).max(0.0)), w[0]))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .unwrap_or((Duration::ZERO, 0.0))
+    }
+
+    /// The longest gap among answers before Unix time T.
+    pub fn longest_gap_before(&self, t: f64) -> Duration {
+        let before: Vec<f64> = self.answered.iter().copied().filter(|a| *a < t).collect();
+        PingLog { answered: before, sent: 0 }.longest_gap().0
+    }
+}
+
+impl Pinger {
+    pub fn start(ns: &str, dst: &str) -> Pinger {
+        let out = tempfile::NamedTempFile::new().expect("ping log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "ping", "-D", "-n", "-i", "0.01", "-W", "1", dst])
+            .stdout(out.reopen().expect("ping log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ping");
+        Pinger { child, out }
+    }
+
+    /// Answers so far.
+    pub fn answered(&self) -> usize {
+        fs::read_to_string(self.out.path()).map(|t| PingLog::parse(&t).answered.len()).unwrap_or(0)
+    }
+
+    /// Waits (bounded by BOUND) until N more probes have been answered.
+    pub fn wait_answers(&self, n: usize, bound: Duration) {
+        let want = self.answered() + n;
+        assert!(
+            poll_until(bound, || self.answered() >= want),
+            "ping: fewer than {n} answers within {bound:?}"
+        );
+    }
+
+    pub fn stop(mut self) -> PingLog {
+        // SAFETY: kill(2) on the PID of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        PingLog::parse(&fs::read_to_string(self.out.path()).unwrap_or_default())
+    }
+}
+
+/// Now, as Unix time in seconds (what `ping -D` prints).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs_f64()
+}
+
 /// Prefixes of FIB routed out of DEV.
 pub fn fib_via(fib: &BTreeMap<String, Value>, dev: &str) -> BTreeSet<String> {
     fib.iter()
@@ -351,11 +481,21 @@ pub struct HvSpec {
     pub loopbacks: bool,
     /// A TCP MD5 password on the spine's side of this session.
     pub spine_password: Option<&'static str>,
+    /// More of hvroute's config, appended as it is (TOML tables).
+    pub extra_toml: String,
 }
 
 impl HvSpec {
     pub fn new(peering: Peering) -> HvSpec {
-        HvSpec { peering, v4: true, v6: true, resync_s: 3600, loopbacks: false, spine_password: None }
+        HvSpec {
+            peering,
+            v4: true,
+            v6: true,
+            resync_s: 3600,
+            loopbacks: false,
+            spine_password: None,
+            extra_toml: String::new(),
+        }
     }
     pub fn v4_only(mut self) -> HvSpec {
         self.v6 = false;
@@ -375,6 +515,10 @@ impl HvSpec {
     }
     pub fn spine_password(mut self, pw: &'static str) -> HvSpec {
         self.spine_password = Some(pw);
+        self
+    }
+    pub fn toml(mut self, extra: &str) -> HvSpec {
+        self.extra_toml.push_str(extra);
         self
     }
 }
@@ -802,7 +946,9 @@ remote_as = "external"
 
 [frr]
 pathspace = "{ps}"
-"#,
+
+{extra}"#,
+            extra = s.extra_toml,
             state = self.state.display(),
             socket = self.socket.display(),
             resync = s.resync_s,
@@ -864,6 +1010,21 @@ pathspace = "{ps}"
         args.extend(["--port", &vm.port]);
         self.hvroute_ok(&args);
         self.vms.push(vm.clone());
+    }
+
+    /// A copy of VM (same MAC and addresses, as a migrated guest has) on this
+    /// hypervisor: namespace `<hv>v<tag>`, port `v<tag>p`, plugged into the bridge. Its
+    /// `eth0` starts down: the guest is paused until the test brings it up.
+    pub fn plug_copy(&mut self, vm: &Vm, tag: &str) -> Vm {
+        let copy = Vm { ns: format!("{}v{tag}", self.vm_prefix), port: format!("v{tag}p"), ..vm.clone() };
+        add_netns(&mut self.namespaces, &copy.ns, false);
+        ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {}", copy.port, copy.ns));
+        configure_guest(&copy);
+        ip(&copy.ns, "link set eth0 down");
+        if bridge_exists(&self.ns) {
+            self.attach(&copy);
+        }
+        copy
     }
 
     /// [`Hv::make_vm`] and [`Hv::register`].
