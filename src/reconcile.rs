@@ -97,6 +97,9 @@ pub async fn pass<K: Kernel>(
     opts: PassOptions,
 ) -> Result<Outcome, PassError> {
     let t0 = Instant::now();
+    // Shared with other passes, exclusive of writers: a hook that writes its entry and
+    // programs the kernel under the store lock is never undone by this pass.
+    let _read_lock = store.read_lock()?;
     let snap = store.load()?;
     let desired = memo.desired(cfg, &snap, boot_id);
     let read_ms = ms(t0);
