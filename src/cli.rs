@@ -418,7 +418,7 @@ fn spec_from_args(cfg: &Config, a: &AddArgs) -> Result<VmSpec, Invalid> {
     if nics.is_empty() {
         return Err(Invalid(format!("VM {name} needs a NIC: give --mac and --ip, or --nic")));
     }
-    let vm = VmSpec { name, nics, source: Source::Cli, boot_id: None };
+    let vm = VmSpec { name, nics, source: Source::Cli, boot_id: None, migration: None };
     vm.check_shape()?;
     for (_, addr) in vm.addresses() {
         model::check_addr(cfg, addr)?;

@@ -221,6 +221,20 @@ impl fmt::Display for Source {
     }
 }
 
+/// Where a live migration into this host stands (design.md §5), as the libvirt hook
+/// recorded it on the destination. Absent for everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Migration {
+    /// `migrate begin` ran here: the VM is on its way in and still runs on the source.
+    /// The entry holds its addresses (nobody else may take them) but is not routed here.
+    Incoming,
+    /// `started` ran for the incoming VM: it exists here, paused, until the switchover.
+    /// It is routed like any started VM. Advertising it de-preferred until the guest runs
+    /// here (make-before-break) is not built yet; nothing clears this state yet either.
+    Arriving,
+}
+
 /// A VM as the store keeps it. The first NIC is the primary one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
@@ -230,6 +244,10 @@ pub struct VmSpec {
     /// The kernel boot id when a volatile entry was recorded; absent for `cli`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// An incoming live migration (hook entries only); absent in files written before it
+    /// existed, which therefore still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
 }
 
 impl VmSpec {
@@ -237,6 +255,11 @@ impl VmSpec {
     /// until a hook or the shim re-asserts it.
     pub fn is_parked(&self, boot_id: &str) -> bool {
         self.source.is_volatile() && self.boot_id.as_deref() != Some(boot_id)
+    }
+
+    /// Announced by `migrate begin` and not started here yet: not routed.
+    pub fn is_incoming(&self) -> bool {
+        self.migration == Some(Migration::Incoming)
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = (Mac, HostAddr)> + '_ {

@@ -93,6 +93,9 @@ pub struct Desired {
     pub tap_macs: BTreeSet<Mac>,
     /// Volatile entries from an earlier boot, waiting to be re-asserted.
     pub parked: BTreeSet<VmName>,
+    /// Hook entries of an incoming live migration that has not started here yet: their
+    /// addresses are held, not routed.
+    pub incoming: BTreeSet<VmName>,
     /// Addresses two active VMs claim with different MACs; the first VM by name wins.
     pub conflicts: Vec<String>,
     /// False while any state file is unreadable: then nothing owned is deleted.
@@ -110,6 +113,7 @@ impl Desired {
             bound_ports: BTreeSet::new(),
             tap_macs: BTreeSet::new(),
             parked: BTreeSet::new(),
+            incoming: BTreeSet::new(),
             conflicts: Vec::new(),
             deletions_allowed: snap.errors.is_empty(),
             loopbacks: [cfg.bgp.loopback4.map(IpAddr::V4), cfg.bgp.loopback6.map(IpAddr::V6)]
@@ -128,6 +132,10 @@ impl Desired {
             }
             if vm.is_parked(boot_id) {
                 d.parked.insert(vm.name.clone());
+                continue;
+            }
+            if vm.is_incoming() {
+                d.incoming.insert(vm.name.clone());
                 continue;
             }
             for (mac, HostAddr(ip)) in vm.addresses() {
@@ -383,9 +391,69 @@ pub fn quick_adds(prev: &Desired, next: &Desired, proto: u8, max: usize) -> Opti
 
 pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
-    let b = &d.bridge;
+    if let Some(bridge_ifindex) = plan_bridge(d, o, opts, &mut p) {
+        plan_entries(&d.addrs, &o.routes, &o.neighs, bridge_ifindex, d.deletions_allowed, &mut p);
+    }
+    p
+}
 
-    // The bridge itself.
+/// The plan for one VM's addresses and nothing else: what the libvirt hook applies at
+/// `started` and `release`, without a full pass and whether or not the daemon runs.
+///
+/// - `addrs` are the addresses the VM has or had. Each one that `d` routes gets its
+///   route and permanent neighbour (replaced only when missing or wrong, as in [`plan`]);
+///   each one that `d` does not route loses the owned route and neighbour observed for it
+///   (held back, as in [`plan`], while a state file is unreadable).
+/// - No op names an address outside `addrs`, whatever else is observed: other VMs'
+///   objects are a full pass's business, so a hook can never delete them.
+/// - With `create_bridge`, a missing bridge is set up as a pass sets it up, and brought
+///   up; without, a missing bridge makes the plan wait (there is nothing on it to
+///   withdraw). An existing bridge is not changed at all: taking a bridge over is the
+///   daemon's decision, made with its take-over check. A bridge that is down, or a link
+///   of that name that is not a bridge, makes the route and neighbour work wait.
+pub fn plan_vm(d: &Desired, o: &Observed, addrs: &BTreeSet<IpAddr>, create_bridge: bool, proto: u8) -> Plan {
+    let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
+    let want: BTreeMap<IpAddr, Mac> =
+        addrs.iter().filter_map(|a| d.addrs.get(a).map(|mac| (*a, *mac))).collect();
+    let bridge_ifindex = match &o.bridge {
+        None if create_bridge => match plan_bridge(d, o, Options { bring_up: true }, &mut p) {
+            Some(i) => i,
+            None => return p,
+        },
+        None => {
+            p.waiting = Some(format!("bridge {} does not exist", d.bridge.name));
+            return p;
+        }
+        Some(ob) if !ob.is_bridge => {
+            p.waiting = Some(format!(
+                "{} exists but is not a bridge; {} routes and neighbours wait",
+                d.bridge.name,
+                want.len()
+            ));
+            return p;
+        }
+        Some(ob) if !ob.up => {
+            p.waiting = Some(down_message(&d.bridge.name, want.len()));
+            return p;
+        }
+        Some(ob) => Some(ob.ifindex),
+    };
+    let routes: BTreeSet<RouteKey> = o.routes.iter().filter(|r| addrs.contains(&r.addr)).copied().collect();
+    let neighs: BTreeMap<(IpAddr, u32), Option<Mac>> =
+        o.neighs.iter().filter(|((a, _), _)| addrs.contains(a)).map(|(k, v)| (*k, *v)).collect();
+    plan_entries(&want, &routes, &neighs, bridge_ifindex, d.deletions_allowed, &mut p);
+    p
+}
+
+fn down_message(bridge: &IfName, n: usize) -> String {
+    format!("bridge {bridge} is down; {n} routes and neighbours wait for link up")
+}
+
+/// The bridge's own ops: the bridge, its gateways and sysctls, the redirect filter, the
+/// loopbacks. Returns the bridge's ifindex (`None` while this plan creates it) when route
+/// and neighbour work can go ahead; `None` when the bridge is down (`p.waiting` says so).
+fn plan_bridge(d: &Desired, o: &Observed, opts: Options, p: &mut Plan) -> Option<Option<u32>> {
+    let b = &d.bridge;
     let (bridge_ifindex, up) = match &o.bridge {
         None => {
             p.ops.push(Op::CreateBridge { name: b.name.to_string(), mac: b.mac, mtu: b.mtu });
@@ -419,14 +487,23 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
         up
     };
     if !up {
-        p.waiting = Some(format!(
-            "bridge {} is down; {} routes and neighbours wait for link up",
-            b.name,
-            d.addrs.len()
-        ));
-        return p;
+        p.waiting = Some(down_message(&b.name, d.addrs.len()));
+        return None;
     }
+    Some(bridge_ifindex)
+}
 
+/// Routes and neighbours: one route (default metric, on the bridge) and one permanent
+/// neighbour (with its MAC, on the bridge) per wanted address; every other owned route or
+/// neighbour in `routes` and `neighs` goes, unless deletions are held back.
+fn plan_entries(
+    want: &BTreeMap<IpAddr, Mac>,
+    routes: &BTreeSet<RouteKey>,
+    neighs: &BTreeMap<(IpAddr, u32), Option<Mac>>,
+    bridge_ifindex: Option<u32>,
+    deletions_allowed: bool,
+    p: &mut Plan,
+) {
     // Both sides are sorted by address, so one merge walk pairs them: O(n), which keeps
     // a no-op pass at 10,000 VMs cheap.
     let on_bridge = |ifindex: u32| Some(ifindex) == bridge_ifindex;
@@ -435,17 +512,17 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     let mut route_adds = Vec::new();
     let mut dels = Vec::new();
     let mut unwanted_route = |r: &RouteKey, p: &mut Plan| {
-        if d.deletions_allowed {
+        if deletions_allowed {
             dels.push(Op::DelRoute { addr: r.addr, metric: r.metric, ifindex: r.ifindex });
         } else {
             p.held_deletions += 1;
         }
     };
-    let mut obs = o.routes.iter().peekable();
+    let mut obs = routes.iter().peekable();
     let mut wrong_routes = Vec::new();
-    for &addr in d.addrs.keys() {
+    for &addr in want.keys() {
         while let Some(r) = obs.next_if(|r| r.addr < addr) {
-            unwanted_route(r, &mut p);
+            unwanted_route(r, p);
         }
         let mut have = false;
         while let Some(r) = obs.next_if(|r| r.addr == addr) {
@@ -461,7 +538,7 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
         }
     }
     for r in obs {
-        unwanted_route(r, &mut p);
+        unwanted_route(r, p);
     }
     dels.extend(wrong_routes.iter().map(|r| Op::DelRoute {
         addr: r.addr,
@@ -476,17 +553,17 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     // Neighbours: one permanent entry per desired address, on the bridge, with its MAC.
     let mut neigh_dels = Vec::new();
     let mut neigh_adds = Vec::new();
-    let mut obs = o.neighs.iter().peekable();
+    let mut obs = neighs.iter().peekable();
     let unwanted_neigh = |addr: IpAddr, ifindex: u32, p: &mut Plan, dels: &mut Vec<Op>| {
-        if d.deletions_allowed {
+        if deletions_allowed {
             dels.push(Op::DelNeigh { addr, ifindex });
         } else {
             p.held_deletions += 1;
         }
     };
-    for (&addr, mac) in &d.addrs {
+    for (&addr, mac) in want {
         while let Some((&(a, i), _)) = obs.next_if(|((a, _), _)| *a < addr) {
-            unwanted_neigh(a, i, &mut p, &mut neigh_dels);
+            unwanted_neigh(a, i, p, &mut neigh_dels);
         }
         let mut have = false;
         while let Some((&(_, i), m)) = obs.next_if(|((a, _), _)| *a == addr) {
@@ -502,14 +579,13 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
         }
     }
     for (&(a, i), _) in obs {
-        unwanted_neigh(a, i, &mut p, &mut neigh_dels);
+        unwanted_neigh(a, i, p, &mut neigh_dels);
     }
 
     p.ops.extend(neigh_dels);
     p.ops.extend(dels);
     p.ops.extend(route_adds);
     p.ops.extend(neigh_adds);
-    p
 }
 
 /// Why hvroute will not take over an existing bridge without `--force`: a port that is
@@ -571,6 +647,7 @@ mod tests {
             }],
             source,
             boot_id: boot.map(str::to_owned),
+            migration: None,
         }
     }
 
@@ -751,6 +828,108 @@ mod tests {
         assert!(rest.is_empty(), "the full plan after quick adds: {rest}");
         assert!(quick_adds(&prev, &next, 44, 1).is_none(), "more than max");
         assert!(quick_adds(&next, &next, 44, 8).unwrap().is_empty());
+    }
+
+    /// Prevents: the hook's `started` or `release` for one VM deleting another VM's
+    /// routes (a full pass from a hook that does not see the whole picture), or changing
+    /// a bridge it did not create.
+    #[test]
+    fn plan_vm_touches_only_the_vms_addresses() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![
+                vm("a", "52:54:00:00:00:01", &["192.0.2.1", "2001:db8:100::1"], Source::Hook, Some("b")),
+                vm("other", "52:54:00:00:00:02", &["192.0.2.2"], Source::Cli, None),
+            ]),
+            "b",
+        );
+        let mut o = up_bridge(&d);
+        // The bridge has drifted (MTU, a missing gateway): a pass would fix it, the hook
+        // leaves it alone.
+        let ob = o.bridge.as_mut().unwrap();
+        ob.mtu = 9000;
+        ob.addrs.clear();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        // Another VM's route and an unwanted owned route: not this plan's business.
+        o.routes.insert(RouteKey { addr: ip("192.0.2.3"), metric: 0, ifindex: 7 });
+        o.neighs.insert((ip("192.0.2.3"), 7), None);
+        // This VM: the IPv4 route exists with the wrong neighbour MAC; a stale address
+        // (192.0.2.9, no longer the VM's) still has its objects.
+        o.routes.insert(RouteKey { addr: ip("192.0.2.1"), metric: 0, ifindex: 7 });
+        o.neighs.insert((ip("192.0.2.1"), 7), Some("52:54:00:00:00:09".parse().unwrap()));
+        o.routes.insert(RouteKey { addr: ip("192.0.2.9"), metric: 0, ifindex: 7 });
+        o.neighs.insert((ip("192.0.2.9"), 7), Some("52:54:00:00:00:01".parse().unwrap()));
+        let addrs: BTreeSet<IpAddr> = [ip("192.0.2.1"), ip("2001:db8:100::1"), ip("192.0.2.9")].into();
+        let p = plan_vm(&d, &o, &addrs, true, 44);
+        assert_eq!(
+            p.to_string(),
+            "\
+- neigh 192.0.2.9 ifindex 7 proto 44
+- route 192.0.2.9/32 ifindex 7 metric 0 proto 44
++ route 2001:db8:100::1/128 dev cloudbr0 proto 44
++ neigh 192.0.2.1 lladdr 52:54:00:00:00:01 dev cloudbr0 nud permanent proto 44
++ neigh 2001:db8:100::1 lladdr 52:54:00:00:00:01 dev cloudbr0 nud permanent proto 44
+"
+        );
+        // Applied to a kernel, planning again for the VM is empty, and the other objects
+        // are still there.
+        let mut k = crate::kernel::fake::Fake::new();
+        k.state = o.clone();
+        assert!(k.apply_now(&p).is_empty());
+        let o2 = k.observe_now(&d);
+        assert!(plan_vm(&d, &o2, &addrs, true, 44).is_empty());
+        assert!(o2.routes.iter().any(|r| r.addr == ip("192.0.2.3")));
+        assert_eq!(o2.bridge.as_ref().unwrap().mtu, 9000);
+
+        // A release: the entry is gone from the store, so its addresses go, and only those.
+        let gone = Desired::build(
+            &c,
+            &snap(vec![vm("other", "52:54:00:00:00:02", &["192.0.2.2"], Source::Cli, None)]),
+            "b",
+        );
+        let p = plan_vm(&gone, &o2, &addrs, false, 44);
+        assert!(p.ops.iter().all(|op| matches!(op, Op::DelRoute { .. } | Op::DelNeigh { .. })), "{p}");
+        assert_eq!(p.ops.len(), 4, "{p}");
+    }
+
+    /// Prevents: the hook failing a VM start on a fresh host (no bridge yet), and a
+    /// release creating a bridge just to find nothing on it.
+    #[test]
+    fn plan_vm_creates_a_missing_bridge_only_when_asked() {
+        let c = cfg();
+        let d = Desired::build(
+            &c,
+            &snap(vec![vm("a", "52:54:00:00:00:01", &["192.0.2.1"], Source::Hook, Some("b"))]),
+            "b",
+        );
+        let addrs: BTreeSet<IpAddr> = d.addrs.keys().copied().collect();
+        let p = plan_vm(&d, &Observed::default(), &addrs, true, 44);
+        assert_eq!(p.ops[0], Op::CreateBridge { name: "cloudbr0".into(), mac: c.bridge.mac, mtu: 1500 });
+        assert!(
+            p.ops.contains(&Op::SetBridgeUp)
+                && p.ops.contains(&Op::ReplaceRoute { addr: addrs.first().copied().unwrap() })
+        );
+        let p = plan_vm(&d, &Observed::default(), &addrs, false, 44);
+        assert!(p.ops.is_empty() && p.waiting.is_some());
+        // A down bridge is respected: the admin's `ip link set down` stays.
+        let mut o = up_bridge(&d);
+        o.bridge.as_mut().unwrap().up = false;
+        let p = plan_vm(&d, &o, &addrs, true, 44);
+        assert!(p.ops.is_empty() && p.waiting.as_deref().unwrap().contains("down"));
+    }
+
+    /// An incoming live migration holds its addresses but is not routed until started.
+    #[test]
+    fn incoming_migrations_are_not_routed() {
+        let c = cfg();
+        let mut v = vm("in", "52:54:00:00:00:01", &["192.0.2.1"], Source::Hook, Some("b"));
+        v.migration = Some(crate::model::Migration::Incoming);
+        let d = Desired::build(&c, &snap(vec![v.clone()]), "b");
+        assert!(d.addrs.is_empty() && d.incoming.contains(&v.name));
+        v.migration = Some(crate::model::Migration::Arriving);
+        let d = Desired::build(&c, &snap(vec![v]), "b");
+        assert_eq!(d.addrs.len(), 1);
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub async fn pass_with<K: Kernel>(
     on_desired: impl FnOnce(&Arc<Desired>),
 ) -> Result<Outcome, PassError> {
     let t0 = Instant::now();
+    // Shared with other passes, exclusive of writers: a hook that writes its entry and
+    // programs the kernel under the store lock is never undone by this pass.
+    let _read_lock = store.read_lock()?;
     let snap = store.load()?;
     let prev = memo.last();
     let desired = memo.desired(cfg, &snap, boot_id);

@@ -6,6 +6,10 @@
 //! - Writers serialise on an exclusive lock (`state_dir/.lock`); a writer reads, checks
 //!   and writes under one lock, so two concurrent `vm add` cannot both claim an address.
 //!   Readers take no lock: they only ever see whole files.
+//! - A reconcile pass holds the same lock shared ([`Store::read_lock`]) from its read of
+//!   the state dir until its ops are applied. A writer that also changes the kernel
+//!   itself under its exclusive lock (the libvirt hook) is therefore never undone by a
+//!   pass planned from a read taken before its write.
 //! - A file that cannot be parsed is reported in [`Snapshot::errors`], never dropped: it
 //!   means "this VM is in error", not "this VM is absent".
 //! - Each file carries `"version": 1`.
@@ -101,6 +105,11 @@ impl Stamp {
 
 /// Held while writing; dropping it releases the lock.
 pub struct WriteLock {
+    _file: File,
+}
+
+/// Held by a pass from its read to the end of its apply; dropping it releases the lock.
+pub struct ReadLock {
     _file: File,
 }
 
@@ -229,6 +238,30 @@ impl Store {
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
         Ok(WriteLock { _file: file })
+    }
+
+    /// Takes the writers' lock shared, waiting for a writer to finish: writers wait while
+    /// it is held. `None` when the state dir does not exist or cannot be written (then no
+    /// writer can write either, and a reader must not create it).
+    pub fn read_lock(&self) -> Result<Option<ReadLock>> {
+        if !self.dir.is_dir() {
+            return Ok(None);
+        }
+        let path = self.dir.join(".lock");
+        let file = match OpenOptions::new().create(true).truncate(false).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot open lock file {}", path.display())),
+        };
+        file.lock_shared().with_context(|| format!("cannot lock {}", path.display()))?;
+        Ok(Some(ReadLock { _file: file }))
     }
 
     /// Reads every VM file. I/O errors on the directory itself fail the whole read (the
@@ -457,6 +490,7 @@ mod tests {
             }],
             source: Source::Cli,
             boot_id: None,
+            migration: None,
         }
     }
 

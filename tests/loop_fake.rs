@@ -45,6 +45,7 @@ impl Rig {
             }],
             source: Source::Cli,
             boot_id: None,
+            migration: None,
         };
         store.put(&lock, &vm).unwrap();
     }

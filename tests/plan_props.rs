@@ -50,6 +50,7 @@ fn vm() -> impl Strategy<Value = VmSpec> {
                 .collect(),
             source,
             boot_id,
+            migration: None,
         })
 }
 
@@ -126,6 +127,46 @@ proptest! {
         let again = plan::plan(&d, &k.observe_now(&d), opts, 44);
         prop_assert!(again.ops.is_empty(), "first plan:\n{first}\nsecond plan:\n{again}");
         prop_assert_eq!(again.held_deletions, first.held_deletions);
+    }
+
+    /// The hook's plan for one VM (`started`, `release`): it names no address outside
+    /// the VM's, so one VM's hook can never delete another VM's objects; and applied, it
+    /// leaves nothing for the VM's next hook, nor for a full pass on those addresses.
+    #[test]
+    fn the_plan_for_one_vm_stays_inside_its_addresses_and_converges(
+        snap in snapshot(),
+        obs in observed(),
+        mine in prop::collection::btree_set(addr(), 0..4),
+        create_bridge in any::<bool>(),
+    ) {
+        let c = cfg();
+        let d = Desired::build(&c, &snap, "boot-a");
+        let first = plan::plan_vm(&d, &obs, &mine, create_bridge, 44);
+        for op in &first.ops {
+            match op {
+                plan::Op::ReplaceRoute { addr }
+                | plan::Op::ReplaceNeigh { addr, .. }
+                | plan::Op::DelRoute { addr, .. }
+                | plan::Op::DelNeigh { addr, .. } => prop_assert!(mine.contains(addr), "{op:?} outside {mine:?}"),
+                // Bridge set-up only where there was no bridge, and only when asked.
+                _ => prop_assert!(obs.bridge.is_none() && create_bridge, "{op:?} on an existing bridge"),
+            }
+        }
+        let mut k = Fake::new();
+        k.state = obs.clone();
+        prop_assert!(k.apply_now(&first).is_empty());
+        let after = k.observe_now(&d);
+        let again = plan::plan_vm(&d, &after, &mine, create_bridge, 44);
+        prop_assert!(again.ops.is_empty(), "first:\n{first}\nagain:\n{again}");
+        if after.bridge.as_ref().is_some_and(|b| b.up) {
+            let full = plan::plan(&d, &after, Options::default(), 44);
+            for op in &full.ops {
+                if let plan::Op::ReplaceRoute { addr } | plan::Op::ReplaceNeigh { addr, .. }
+                    | plan::Op::DelRoute { addr, .. } | plan::Op::DelNeigh { addr, .. } = op {
+                    prop_assert!(!mine.contains(addr), "a pass still has {op:?} after the VM's plan");
+                }
+            }
+        }
     }
 
     /// Safety: nothing is routed outside the pools, and with an unreadable state file
