@@ -267,7 +267,7 @@ struct FrrOnce {
 
 async fn frr_once(cfg: &Config, desired: &Desired, dry_run: bool) -> FrrOnce {
     let vtysh = crate::frr::vtysh::Vtysh::from_config(cfg);
-    let wanted = crate::frr::Wanted::build(cfg, desired.addrs.keys());
+    let wanted = crate::frr::Wanted::build(cfg, desired);
     let r = async {
         let scaffolding = crate::frr::scaffolding(cfg)?;
         let running = crate::frr::parse_running(&vtysh.running_config().await?, cfg);

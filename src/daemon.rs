@@ -30,6 +30,7 @@ use crate::frr;
 use crate::kernel::Kernel;
 use crate::kernel::events::{self, Hint};
 use crate::kernel::netlink::Netlink;
+use crate::model::Migration;
 use crate::reconcile::{self, PassError, PassOptions};
 use crate::store::Store;
 
@@ -86,7 +87,7 @@ impl FrrSide {
 
     /// Takes the addresses of a new desired state; a difference makes a sync due now.
     fn want(&mut self, cfg: &Config, desired: &crate::plan::Desired) {
-        let wanted = Arc::new(frr::Wanted::build(cfg, desired.addrs.keys()));
+        let wanted = Arc::new(frr::Wanted::build(cfg, desired));
         if *wanted != *self.wanted {
             self.wanted = wanted;
             self.mark(Instant::now());
@@ -142,6 +143,8 @@ pub enum Input {
     /// Files of the state dir that changed (by name); `None` when unknown (overflow).
     StateDirChanged(Option<Vec<String>>),
     Control(Request, oneshot::Sender<serde_json::Value>),
+    /// A guest announced itself on the bridge (RARP, ARP, NS/NA) from this MAC.
+    Announce(crate::model::Mac),
     /// An FRR sync finished (sent by the daemon's own FRR task).
     FrrDone(Arc<frr::Wanted>, Result<(frr::SyncSummary, frr::Running), String>),
 }
@@ -160,6 +163,10 @@ pub struct Daemon<K: Kernel> {
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
     started: Instant,
+    /// When the daemon first saw each VM in `Arriving` (for `migration.fallback_s`).
+    arriving_seen: std::collections::HashMap<crate::model::VmName, Instant>,
+    /// The next live-migration deadline (fallback or end of the settling window).
+    next_migration: Option<Instant>,
     /// The FRR task reports back on this channel.
     frr_tx: mpsc::UnboundedSender<Input>,
     frr_rx: Option<mpsc::UnboundedReceiver<Input>>,
@@ -185,6 +192,8 @@ impl<K: Kernel> Daemon<K> {
             last_pass: None,
             last_error: None,
             started: Instant::now(),
+            arriving_seen: Default::default(),
+            next_migration: None,
         }
     }
 
@@ -271,6 +280,113 @@ impl<K: Kernel> Daemon<K> {
         Ok(change)
     }
 
+    /// A guest announced itself from MAC: if it belongs to a VM arriving by live
+    /// migration, the guest now runs here, and this host must win (design.md §5).
+    /// Returns whether the state dir changed.
+    fn announced(&mut self, mac: crate::model::Mac) -> bool {
+        let Ok(snap) = self.store.load() else { return false };
+        let arriving: Vec<_> = snap
+            .vms
+            .values()
+            .filter(|v| v.migration == Some(Migration::Arriving) && v.nics.iter().any(|n| n.mac == mac))
+            .map(|v| v.name.clone())
+            .collect();
+        let mut changed = false;
+        for name in arriving {
+            let arrived = Migration::Arrived { at: unix_now() };
+            if self.set_migration(&name, Some(Migration::Arriving), Some(arrived)) {
+                info!(vm = %name, %mac, "guest announced itself here: the live migration has arrived");
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Moves the live migrations whose time is up: an arriving VM that never announced
+    /// itself is taken as arrived after `migration.fallback_s`; an arrived one returns to
+    /// the baseline after `migration.settle_s`. Sets the next deadline. Returns whether
+    /// the state dir changed. With `act` false it only sets the next deadline (a deadline
+    /// already past is due now).
+    fn migration_deadlines(&mut self, act: bool) -> bool {
+        let Ok(snap) = self.store.load() else { return false };
+        let (now, unix) = (Instant::now(), unix_now());
+        let m = self.cfg.migration.clone();
+        let mut next: Option<Instant> = None;
+        let mut changed = false;
+        let mut retry = false;
+        let mut seen = std::mem::take(&mut self.arriving_seen);
+        for vm in snap.vms.values() {
+            match vm.migration {
+                Some(Migration::Arriving) => {
+                    let since = *seen.entry(vm.name.clone()).or_insert(now);
+                    self.arriving_seen.insert(vm.name.clone(), since);
+                    if m.fallback_s == 0 {
+                        continue;
+                    }
+                    let at = since + Duration::from_secs(m.fallback_s);
+                    if now >= at && act {
+                        let to = Some(Migration::Arrived { at: unix });
+                        if self.set_migration(&vm.name, Some(Migration::Arriving), to) {
+                            info!(vm = %vm.name, fallback_s = m.fallback_s, "no announcement from the guest; taking the live migration as arrived");
+                            changed = true;
+                        } else {
+                            retry = true;
+                        }
+                    } else {
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+                Some(Migration::Arrived { at }) => {
+                    let left = (at + m.settle_s).saturating_sub(unix);
+                    if left == 0 && act {
+                        if self.set_migration(&vm.name, vm.migration, None) {
+                            info!(vm = %vm.name, "live migration settled; advertised at the baseline again");
+                            changed = true;
+                        } else {
+                            retry = true;
+                        }
+                    } else {
+                        let at = now + Duration::from_secs(left);
+                        next = Some(next.map_or(at, |n| n.min(at)));
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A state just written is looked at again at once; a failed write in a second.
+        if retry {
+            let at = now + Duration::from_secs(1);
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        self.next_migration = if changed { Some(now) } else { next };
+        changed
+    }
+
+    /// Changes a VM's migration state from FROM to TO under the store's lock, if the file
+    /// still says FROM (the hook may have rewritten or removed it meanwhile).
+    fn set_migration(
+        &mut self,
+        name: &crate::model::VmName,
+        from: Option<Migration>,
+        to: Option<Migration>,
+    ) -> bool {
+        let r = (|| -> anyhow::Result<bool> {
+            let lock = self.store.lock()?;
+            let Some(mut vm) = self.store.get(name)? else { return Ok(false) };
+            if vm.migration != from {
+                return Ok(false);
+            }
+            vm.migration = to;
+            self.store.put(&lock, &vm)?;
+            self.store.refresh(Some(&[format!("{name}.json")]));
+            Ok(true)
+        })();
+        r.unwrap_or_else(|e| {
+            warn!(vm = %name, error = %format!("{e:#}"), "cannot record the live migration's state; will retry");
+            false
+        })
+    }
+
     /// Notices an FRR restart by bgpd's pid; a restarted FRR is told everything again.
     fn check_frr_restart(&mut self) {
         let Some(f) = &mut self.frr else { return };
@@ -337,6 +453,7 @@ impl<K: Kernel> Daemon<K> {
             }
         };
         self.taken_over = true;
+        self.migration_deadlines(false);
         if let (Some(f), Some(d)) = (&mut self.frr, &out.desired) {
             f.want(&self.cfg, d);
         }
@@ -397,6 +514,9 @@ impl<K: Kernel> Daemon<K> {
                 f.maybe_start(&self.cfg, &self.frr_tx);
             }
             let mut wake = due.map_or(next_resync, |d| d.min(next_resync));
+            if let Some(m) = self.next_migration {
+                wake = wake.min(m);
+            }
             if let Some(f) = &self.frr {
                 wake = wake.min(next_pid_check);
                 if f.dirty && !f.inflight {
@@ -411,6 +531,9 @@ impl<K: Kernel> Daemon<K> {
                     if now >= next_pid_check {
                         next_pid_check = now + FRR_PID_CHECK;
                         self.check_frr_restart();
+                    }
+                    if self.next_migration.is_some_and(|m| now >= m) && self.migration_deadlines(true) {
+                        due = Some(now);
                     }
                     let resync_due = now >= next_resync;
                     if !resync_due && due.is_none_or(|d| now < d) {
@@ -489,6 +612,12 @@ impl<K: Kernel> Daemon<K> {
                             }
                         }
                         Input::FrrDone(wanted, r) => self.frr_done(wanted, r),
+                        Input::Announce(mac) => {
+                            if self.announced(mac) {
+                                // The destination must win now: no debounce.
+                                due = Some(Instant::now());
+                            }
+                        }
                         Input::Control(Request::Status, reply) => {
                             let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
                         }
@@ -497,6 +626,10 @@ impl<K: Kernel> Daemon<K> {
             }
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// `hvroute daemon`: wires the real inputs (netlink events, notify, control socket,
@@ -517,6 +650,15 @@ pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
         }
     });
     let _watcher = watch_state_dir(&cfg.state_dir, tx.clone())?;
+    let mut announcements = crate::kernel::announce::watch(cfg.bridge.name.to_string());
+    let atx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(mac) = announcements.recv().await {
+            if atx.send(Input::Announce(mac)).is_err() {
+                return;
+            }
+        }
+    });
     let _socket = serve_control(&cfg.socket, tx.clone())?;
 
     let kernel = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;

@@ -230,9 +230,14 @@ pub enum Migration {
     /// The entry holds its addresses (nobody else may take them) but is not routed here.
     Incoming,
     /// `started` ran for the incoming VM: it exists here, paused, until the switchover.
-    /// It is routed like any started VM. Advertising it de-preferred until the guest runs
-    /// here (make-before-break) is not built yet; nothing clears this state yet either.
+    /// It is routed, and advertised de-preferred (`HVR-VM-INCOMING`), so the source keeps
+    /// winning. The daemon moves it on when the guest announces itself here (RARP, ARP,
+    /// NS/NA from its MAC), or after `migration.fallback_s`.
     Arriving,
+    /// The guest runs here since Unix time `at`: advertised with no prepend
+    /// (`HVR-VM-ARRIVED`), so this host strictly wins over the source's baseline. After
+    /// `migration.settle_s` the daemon drops the migration state: the baseline again.
+    Arrived { at: u64 },
 }
 
 /// A VM as the store keeps it. The first NIC is the primary one.

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::{HostAddr, IfName, Mac, VmName};
+use crate::model::{HostAddr, IfName, Mac, Migration, VmName};
 use crate::store::Snapshot;
 
 /// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6.
@@ -96,6 +96,9 @@ pub struct Desired {
     /// Hook entries of an incoming live migration that has not started here yet: their
     /// addresses are held, not routed.
     pub incoming: BTreeSet<VmName>,
+    /// Addresses whose advertisement is not the baseline: VMs in a live migration
+    /// (design.md §5); only with `migration.make_before_break`.
+    pub preference: BTreeMap<IpAddr, Preference>,
     /// Addresses two active VMs claim with different MACs; the first VM by name wins.
     pub conflicts: Vec<String>,
     /// False while any state file is unreadable: then nothing owned is deleted.
@@ -103,6 +106,16 @@ pub struct Desired {
     /// The host's loopback /32 and /128 (`bgp.loopback4/6`), which must be on `lo`: they are
     /// advertised, and they are the source of ICMP errors on unnumbered uplinks.
     pub loopbacks: BTreeSet<IfAddr>,
+}
+
+/// How an address is advertised when not at the baseline (design.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preference {
+    /// Still paused here while the source runs it: the source must keep winning.
+    Incoming,
+    /// Just arrived: this host must strictly win.
+    Arrived,
 }
 
 impl Desired {
@@ -114,6 +127,7 @@ impl Desired {
             tap_macs: BTreeSet::new(),
             parked: BTreeSet::new(),
             incoming: BTreeSet::new(),
+            preference: BTreeMap::new(),
             conflicts: Vec::new(),
             deletions_allowed: snap.errors.is_empty(),
             loopbacks: [cfg.bgp.loopback4.map(IpAddr::V4), cfg.bgp.loopback6.map(IpAddr::V6)]
@@ -154,6 +168,15 @@ impl Desired {
                     _ => {
                         d.addrs.insert(ip, mac);
                         holder.insert(ip, &vm.name);
+                        let pref = match vm.migration {
+                            _ if !cfg.migration.make_before_break => None,
+                            Some(Migration::Arriving) => Some(Preference::Incoming),
+                            Some(Migration::Arrived { .. }) => Some(Preference::Arrived),
+                            _ => None,
+                        };
+                        if let Some(p) = pref {
+                            d.preference.insert(ip, p);
+                        }
                     }
                 }
             }

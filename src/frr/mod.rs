@@ -61,10 +61,22 @@ pub struct Wanted {
 }
 
 impl Wanted {
-    /// Every VM address with the baseline route-map, plus the host loopbacks.
-    pub fn build<'a>(cfg: &Config, vm_addrs: impl IntoIterator<Item = &'a IpAddr>) -> Wanted {
-        let mut networks: BTreeMap<IpNet, Option<String>> =
-            vm_addrs.into_iter().map(|a| (IpNet::from(*a), Some(RM_VM.to_string()))).collect();
+    /// Every VM address with its route-map (the baseline, or a live migration's
+    /// preference), plus the host loopbacks.
+    pub fn build(cfg: &Config, desired: &crate::plan::Desired) -> Wanted {
+        use crate::plan::Preference;
+        let mut networks: BTreeMap<IpNet, Option<String>> = desired
+            .addrs
+            .keys()
+            .map(|a| {
+                let rm = match desired.preference.get(a) {
+                    None => RM_VM,
+                    Some(Preference::Incoming) => RM_VM_INCOMING,
+                    Some(Preference::Arrived) => RM_VM_ARRIVED,
+                };
+                (IpNet::from(*a), Some(rm.to_string()))
+            })
+            .collect();
         for lo in [cfg.bgp.loopback4.map(IpAddr::V4), cfg.bgp.loopback6.map(IpAddr::V6)].into_iter().flatten()
         {
             networks.insert(IpNet::from(lo), None);
@@ -518,12 +530,41 @@ end
         assert!(!parse_running(&without_vm_map, &cfg()).scaffolding);
     }
 
+    /// What hvroute wants FRR to hold for these VM addresses, none of them migrating.
+    fn wanted_of(c: &Config, addrs: &[IpAddr]) -> Wanted {
+        let mut d = crate::plan::Desired::build(c, &Default::default(), "boot");
+        d.addrs = addrs.iter().map(|a| (*a, "52:54:00:00:00:01".parse().unwrap())).collect();
+        Wanted::build(c, &d)
+    }
+
+    /// A migrating VM's lines carry its preference; the rest the baseline.
+    #[test]
+    fn migration_preference_picks_the_route_map() {
+        use crate::plan::Preference;
+        let c = cfg();
+        let mut d = crate::plan::Desired::build(&c, &Default::default(), "boot");
+        let mac = "52:54:00:00:00:01".parse().unwrap();
+        for a in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+            d.addrs.insert(a.parse().unwrap(), mac);
+        }
+        d.preference.insert("192.0.2.2".parse().unwrap(), Preference::Incoming);
+        d.preference.insert("192.0.2.3".parse().unwrap(), Preference::Arrived);
+        let w = Wanted::build(&c, &d);
+        let rm: Vec<_> = w.networks.values().filter_map(|r| r.as_deref()).collect();
+        assert_eq!(rm, [RM_VM, RM_VM_INCOMING, RM_VM_ARRIVED]);
+        // Switching an existing line's route-map is one line, no withdrawal.
+        let running = parse_running(RUNNING, &c).after(&c, &wanted_of(&c, &["192.0.2.3".parse().unwrap()]));
+        let p = plan(&c, &w, &running, "SCAFFOLD").unwrap();
+        assert!(p.batch.contains("  network 192.0.2.3/32 route-map HVR-VM-ARRIVED\n"), "{}", p.batch);
+        assert!(!p.batch.contains("no network 192.0.2.3/32"), "{}", p.batch);
+    }
+
     /// Only owned lines move: an admin's /24 and a /32 outside the pools stay.
     #[test]
     fn plan_touches_only_owned_lines() {
         let c = cfg();
         let r = parse_running(RUNNING, &c);
-        let wanted = Wanted::build(&c, &["192.0.2.10".parse().unwrap(), "2001:db8:100::20".parse().unwrap()]);
+        let wanted = wanted_of(&c, &["192.0.2.10".parse().unwrap(), "2001:db8:100::20".parse().unwrap()]);
         let p = plan(&c, &wanted, &r, "SCAFFOLD").unwrap();
         assert_eq!(
             p.batch,
@@ -543,7 +584,7 @@ end
             "192.0.2.11".parse().unwrap(),
             "2001:db8:100::10".parse().unwrap(),
         ];
-        let wanted = Wanted::build(&c, &mine);
+        let wanted = wanted_of(&c, &mine);
         assert!(plan(&c, &wanted, &r, "SCAFFOLD").unwrap().is_empty());
         let fresh = Running::default();
         let p = plan(&c, &wanted, &fresh, "SCAFFOLD\n").unwrap();
@@ -557,7 +598,7 @@ end
     fn after_a_plan_nothing_is_left_to_do() {
         let c = cfg();
         let r = parse_running(RUNNING, &c);
-        let wanted = Wanted::build(&c, &["192.0.2.99".parse().unwrap(), "2001:db8:100::99".parse().unwrap()]);
+        let wanted = wanted_of(&c, &["192.0.2.99".parse().unwrap(), "2001:db8:100::99".parse().unwrap()]);
         let next = r.after(&c, &wanted);
         assert!(plan(&c, &wanted, &next, "SCAFFOLD").unwrap().is_empty());
         assert!(next.networks.contains_key(&"203.0.113.0/24".parse().unwrap()));
@@ -575,7 +616,7 @@ end
             "192.0.2.11".parse().unwrap(),
             "2001:db8:100::10".parse().unwrap(),
         ];
-        let wanted = Wanted::build(&c, &mine);
+        let wanted = wanted_of(&c, &mine);
         let default = parse_running(&RUNNING.replace("bgp route-map delay-timer 1\n", ""), &c);
         assert_eq!(default.rmap_delay_timer, None);
         let p = plan(&c, &wanted, &default, "SCAFFOLD\n").unwrap();
