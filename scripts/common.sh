@@ -11,6 +11,7 @@
 #   need_root                      fail unless running as root
 #   ensure_packages [PKG...]       install the missing Debian packages among the defaults and PKG...
 #   ensure_cargo                   make cargo/rustc (>= 1.85) available on PATH, or fail
+#   ensure_libvirt                 libvirtd 9.0, virtlogd, virsh and QEMU from Debian 12, ready to run by hand
 #   wait_until TIMEOUT_S DESCRIPTION CMD...   poll CMD every 0.1 s until it succeeds or time runs out
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
@@ -133,6 +134,56 @@ ensure_cargo() {
         || ! version_ge "${version%%-*}" "$rust_min_version"; then
         die "a Rust >= $rust_min_version toolchain is needed (found: ${version:-none}); install it with rustup and put ~/.cargo/bin on PATH."
     fi
+}
+
+# Debian 12's libvirt and QEMU, for the libvirt end-to-end test (tests/netns_libvirt.rs).
+readonly libvirt_packages=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86)
+
+# ensure_libvirt: install libvirtd 9.0, virtlogd, virsh and qemu-system-x86 from Debian 12 when
+# any is missing, and create the `kvm` and `libvirt-qemu` groups and the `libvirt-qemu` user
+# that libvirt-daemon-system would create (that package is not installed: it starts services
+# and wants systemd). The tests start virtlogd and libvirtd by hand inside a network namespace,
+# with private directories and their own qemu.conf; nothing here starts a daemon or edits
+# /etc/libvirt.
+#
+# The machine image may carry a newer qemu-utils (a Debian 13 backport) that conflicts with
+# Debian 12's qemu-system-x86; `qemu-utils/bookworm` with --allow-downgrades puts the matching
+# one back. This downgrade is the only change to a package that was already installed.
+ensure_libvirt() {
+    local pkg
+    local -a missing=()
+    for pkg in "${libvirt_packages[@]}"; do
+        if ! _pkg_installed "$pkg"; then
+            missing+=("$pkg")
+        fi
+    done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        need_root
+        log "installing libvirt and QEMU (missing: ${missing[*]}); qemu-utils goes back to Debian 12's"
+        _apt_update_once
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --allow-downgrades \
+            qemu-utils/bookworm "${libvirt_packages[@]}" \
+            || die "apt-get install ${libvirt_packages[*]} failed."
+    fi
+    # The QEMU driver refuses to start without the user and groups its build names, even
+    # when qemu.conf says user = "root".
+    local group
+    for group in kvm libvirt-qemu; do
+        if ! getent group "$group" >/dev/null; then
+            need_root
+            groupadd --system "$group" || die "cannot create the $group group."
+        fi
+    done
+    if ! getent passwd libvirt-qemu >/dev/null; then
+        need_root
+        useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin \
+            --gid kvm --groups libvirt-qemu libvirt-qemu || die "cannot create the libvirt-qemu user."
+    fi
+    local bin
+    for bin in libvirtd virtlogd virsh qemu-system-x86_64; do
+        command -v "$bin" >/dev/null 2>&1 || [[ -x "/usr/sbin/$bin" ]] \
+            || die "$bin is missing after installing ${libvirt_packages[*]}."
+    done
 }
 
 # _now_ms: milliseconds since the epoch.

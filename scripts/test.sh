@@ -10,8 +10,9 @@ usage() {
     cat <<'EOF'
 Usage: scripts/test.sh [--quick]
 
-Installs what the checks need (Debian packages, a Rust >= 1.85 toolchain on PATH), then, in the
-repository:
+Installs what the checks need (Debian packages; libvirt and QEMU from Debian 12 for
+tests/netns_libvirt.rs, which downgrades a newer qemu-utils to Debian 12's; a Rust >= 1.85
+toolchain on PATH), then, in the repository:
   1. cargo fmt --check
   2. cargo clippy --all-targets -- -D warnings
   3. the tests, with RUST_BACKTRACE=0 and -- --test-threads=2:
@@ -49,6 +50,7 @@ export RUST_BACKTRACE=0
 need_root
 ensure_packages
 ensure_cargo
+ensure_libvirt
 cd "$repo_root"
 
 for tool in fmt clippy; do

@@ -30,7 +30,8 @@ Examples:
   hvroute vm add web1 --mac 52:54:00:12:34:56 --ip 192.0.2.29 --ip 2001:db8:103::100
   hvroute vm add db1 --nic mac=52:54:00:00:00:01,ip=192.0.2.30 --nic mac=52:54:00:00:00:02,ip=2001:db8:103::7
   hvroute reconcile --dry-run     show what a pass would change
-  hvroute status                  desired state against the kernel";
+  hvroute status                  desired state against the kernel
+  hvroute hook install            let libvirt's qemu hook route every VM with hvroute metadata";
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +80,9 @@ pub enum Cmd {
     /// FRR's config for this host: print it, or put it in place once at install time.
     #[command(subcommand)]
     Frr(FrrCmd),
+    /// The libvirt qemu hook, and its installation (docs/libvirt.md).
+    #[command(subcommand)]
+    Hook(crate::hook::HookCmd),
 }
 
 #[derive(Subcommand)]
@@ -181,8 +185,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    // The hook loads the config itself: a broken config must not stop VMs that have
+    // nothing for hvroute.
+    let cmd = match cli.cmd {
+        Cmd::Hook(h) => return crate::hook::run(&cli.config, h),
+        cmd => cmd,
+    };
     let cfg = Config::load(&cli.config)?;
-    match cli.cmd {
+    match cmd {
         Cmd::Daemon { force } => {
             let rt = runtime()?;
             let r = rt.block_on(crate::daemon::run(cfg, force));
@@ -198,6 +208,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Status { json } => cmd_status(&cfg, json),
         Cmd::Frr(FrrCmd::Render) => cmd_frr_render(&cfg),
         Cmd::Frr(FrrCmd::Bootstrap { write }) => cmd_frr_bootstrap(&cfg, write),
+        Cmd::Hook(_) => unreachable!("handled above"),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub frr: Frr,
     #[serde(default)]
+    pub hook: Hook,
+    #[serde(default)]
     pub migration: Migration,
 }
 
@@ -82,6 +84,22 @@ fn d_settle_s() -> u64 {
 }
 fn d_fallback_s() -> u64 {
     600
+}
+
+/// The libvirt hook (`hvroute hook qemu`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hook {
+    /// The hard time cap of one hook invocation: after it the hook exits, so that libvirt
+    /// (which waits for hooks without a timeout) never hangs on hvroute.
+    #[serde(default = "d_hook_timeout")]
+    pub timeout_s: u64,
+}
+
+impl Default for Hook {
+    fn default() -> Self {
+        Hook { timeout_s: d_hook_timeout() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +280,9 @@ fn d_true() -> bool {
 fn d_frr_run_dir() -> PathBuf {
     "/var/run/frr".into()
 }
+fn d_hook_timeout() -> u64 {
+    10
+}
 fn d_frr_conf() -> PathBuf {
     "/etc/frr/frr.conf".into()
 }
@@ -309,6 +330,9 @@ impl Config {
         }
         if self.migration.fallback_s > 86_400 {
             return bad("migration.fallback_s", &self.migration.fallback_s, "use 0 (never) to 86400 seconds");
+        }
+        if !(1..=600).contains(&self.hook.timeout_s) {
+            return bad("hook.timeout_s", &self.hook.timeout_s, "use 1 to 600 seconds");
         }
         if !(1280..=65535).contains(&self.bridge.mtu) {
             return bad("bridge.mtu", &self.bridge.mtu, "use 1280 to 65535 (IPv6 needs at least 1280)");

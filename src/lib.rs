@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod frr;
+pub mod hook;
 pub mod kernel;
 pub mod model;
 pub mod plan;

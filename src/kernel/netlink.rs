@@ -52,6 +52,19 @@ impl Netlink {
         })
     }
 
+    /// What [`crate::plan::plan_vm`] needs (the libvirt hook): the bridge and the owned
+    /// routes and neighbours. When the bridge exists, its sysctls, the redirect filter and
+    /// the loopbacks are not observed (left empty: `plan_vm` changes nothing about an
+    /// existing bridge), which spares the hook the `nft` fork. When it is missing, this is
+    /// the full [`Kernel::observe`], because the plan sets the bridge up.
+    pub async fn observe_for_vm(&mut self, desired: &Desired) -> Result<Observed> {
+        let Some(bridge) = self.observe_bridge().await? else { return self.observe(desired).await };
+        let routes = tokio::spawn(Self::observe_routes(self.route_handle.clone(), self.proto));
+        let neighs = self.observe_neighs().await?;
+        let routes = routes.await.context("route dump task failed")??;
+        Ok(Observed { bridge: Some(bridge), routes, neighs, ..Observed::default() })
+    }
+
     async fn links(&self) -> Result<Vec<LinkMessage>> {
         self.handle.link().get().execute().try_collect().await.context("cannot list links")
     }

@@ -330,6 +330,7 @@ pub fn used_paths_from(rib: &BTreeMap<String, Vec<Value>>, prefix: &str) -> BTre
         .filter(|p| {
             valid(p)
                 && (p.get("multipath").and_then(Value::as_bool) == Some(true)
+                    || p.get("bestpath").and_then(Value::as_bool) == Some(true)
                     || p.pointer("/bestpath/overall").and_then(Value::as_bool) == Some(true))
         })
         .filter_map(|p| as_path(p).first().copied())
@@ -349,21 +350,45 @@ pub fn paths_of(rib: &BTreeMap<String, Vec<Value>>, prefix: &str) -> BTreeSet<(u
         .collect()
 }
 
-/// Sends one RARP self-announce from MAC out of `eth0` in namespace NS, as QEMU does
-/// after a live migration's switchover.
-pub fn send_rarp(ns: &str, mac: &str) {
-    let py = r#"
+/// A RARP self-announce from MAC out of `eth0` in namespace NS, as QEMU sends after a
+/// live migration's switchover. The sender starts ahead (python's start-up is tens of
+/// milliseconds) and sends when [`Announcer::send`] is called.
+pub struct Announcer {
+    child: Child,
+}
+
+impl Announcer {
+    pub fn ready(ns: &str, mac: &str) -> Announcer {
+        let py = r#"
 import socket, struct, sys
 mac = bytes.fromhex(sys.argv[1].replace(':', ''))
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(('eth0', 0))
 arp = struct.pack('!HHBBH', 1, 0x0800, 6, 4, 3) + mac + bytes(4) + mac + bytes(4)
 frame = b'\xff' * 6 + mac + struct.pack('!H', 0x8035) + arp
-s.send(frame + bytes(max(0, 60 - len(frame))))
+frame += bytes(max(0, 60 - len(frame)))
+print('ready', flush=True)
+sys.stdin.readline()
+s.send(frame)
+print('sent', flush=True)
 "#;
-    let o =
-        Command::new("ip").args(["netns", "exec", ns, "python3", "-c", py, mac]).output().expect("python3");
-    assert!(o.status.success(), "sending a RARP in {ns} failed: {}", show(&o));
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", py, mac])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout")).read_line(&mut line).expect("announcer");
+        assert_eq!(line.trim(), "ready", "the RARP sender in {ns} did not start");
+        Announcer { child }
+    }
+
+    pub fn send(mut self) {
+        self.child.stdin.take().expect("stdin").write_all(b"go\n").expect("announcer");
+        let o = self.child.wait_with_output().expect("announcer");
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("sent"), "RARP not sent");
+    }
 }
 
 /// `ping -D -i 0.01` from NS to DST in the background, its output in a file;
@@ -1013,18 +1038,21 @@ pathspace = "{ps}"
     }
 
     /// A copy of VM (same MAC and addresses, as a migrated guest has) on this
-    /// hypervisor: namespace `<hv>v<tag>`, port `v<tag>p`, plugged into the bridge. Its
-    /// `eth0` starts down: the guest is paused until the test brings it up.
+    /// hypervisor: namespace `<hv>v<tag>`, port `v<tag>p` in the bridge. The guest is
+    /// configured but paused: its port is down, so whatever the host sends it is lost, as
+    /// with a paused QEMU that reads nothing from its tap. [`Hv::set_running`] resumes it.
     pub fn plug_copy(&mut self, vm: &Vm, tag: &str) -> Vm {
         let copy = Vm { ns: format!("{}v{tag}", self.vm_prefix), port: format!("v{tag}p"), ..vm.clone() };
         add_netns(&mut self.namespaces, &copy.ns, false);
         ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {}", copy.port, copy.ns));
         configure_guest(&copy);
-        ip(&copy.ns, "link set eth0 down");
-        if bridge_exists(&self.ns) {
-            self.attach(&copy);
-        }
+        ip(&self.ns, &format!("link set {} master {BRIDGE}", copy.port));
         copy
+    }
+
+    /// Pauses (false) or resumes (true) VM's guest: its port down or up.
+    pub fn set_running(&self, vm: &Vm, running: bool) {
+        ip(&self.ns, &format!("link set {} {}", vm.port, if running { "up" } else { "down" }));
     }
 
     /// [`Hv::make_vm`] and [`Hv::register`].

@@ -1,0 +1,299 @@
+//! What each hook op does to the state dir and the kernel: the hook's imperative shell.
+//!
+//! Contract:
+//! - Every op that reads or changes the state dir or the kernel does it under the state
+//!   dir's exclusive lock, from the read to the last kernel op. Concurrent hooks (libvirt
+//!   starting 50 VMs at once) therefore see each other's entries, never create the
+//!   bridge twice, and never race a pass (passes hold the lock shared).
+//! - The hook owns only entries with source `hook`. An entry of the same name from `vm
+//!   add` (source `cli`, admin intent) or the shim is never rewritten or removed; its
+//!   addresses are what the hook programs and keeps.
+//! - Kernel changes go through [`plan::plan_vm`]: only this VM's addresses (those it has
+//!   and those it had), and a missing bridge at `prepare` and `started`. Deletions are of
+//!   owned objects that no entry in the store wants any more.
+//! - Refusals are [`Invalid`] (exit 2); everything else is a runtime failure (exit 1).
+//!   The caller turns both into exit 0 for the ops that must exit 0.
+//!
+//! Extension points:
+//! - Live migration (design.md §5): [`migrate`] records [`Migration::Incoming`] (held, not
+//!   routed); [`started`] turns it into [`Migration::Arriving`] (routed, advertised
+//!   de-preferred by the daemon). The daemon moves it to `Arrived` when the guest
+//!   announces itself here and back to no migration state after the settling window;
+//!   `release` on a failed migration removes the entry like any release.
+//! - CloudStack shim: its entries describe the same NICs by (bridge, MAC); merging them
+//!   with the hook's view belongs to the shim's issue. Until then the hook leaves a shim
+//!   entry of the same name alone, as it leaves a `cli` one.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::Input;
+use super::domain::{self, HookView};
+use crate::config::Config;
+use crate::kernel::Kernel;
+use crate::kernel::netlink::Netlink;
+use crate::model::{self, Invalid, Migration, Source, VmName, VmSpec};
+use crate::plan::{self, Desired};
+use crate::store::{Snapshot, Store, WriteLock};
+
+/// The domain, when hvroute has something to do with it, with the configuration and
+/// the validated name. The configuration is needed only then: a broken config file
+/// never stops a VM that has nothing for hvroute.
+fn managed(
+    cfg: Result<Config, Invalid>,
+    name: &str,
+    input: &Input,
+) -> Result<Option<(Config, VmName, HookView)>> {
+    let dom = domain::parse(input.xml()?)?;
+    if !dom.is_managed() {
+        return Ok(None);
+    }
+    let cfg = cfg?;
+    let name: VmName = name.parse()?;
+    let Some(view) = domain::spec(&dom, &name, &cfg)? else { return Ok(None) };
+    for mac in &view.unaddressed {
+        // ConfigDrive fallback (design.md §4): not built yet.
+        eprintln!(
+            "hvroute: warning: VM {name}: the NIC with MAC {mac} on {} has no hvroute metadata; \
+             reading its ConfigDrive is not built yet, so it is left to `hvroute vm add` or the CloudStack shim",
+            cfg.bridge.name
+        );
+    }
+    Ok(Some((cfg, name, view)))
+}
+
+/// The entry the hook records for this VM now.
+fn entry(name: &VmName, view: &HookView, boot_id: &str, migration: Option<Migration>) -> VmSpec {
+    VmSpec {
+        name: name.clone(),
+        nics: view.nics.clone(),
+        source: Source::Hook,
+        boot_id: Some(boot_id.to_owned()),
+        migration,
+    }
+}
+
+/// The state dir, locked.
+struct Locked {
+    store: Store,
+    lock: WriteLock,
+}
+
+impl Locked {
+    /// Everything the state dir holds now.
+    fn snapshot(&self) -> Result<Snapshot> {
+        Ok((*self.store.load()?).clone())
+    }
+}
+
+fn lock(cfg: &Config) -> Result<Locked> {
+    let store = Store::open(&cfg.state_dir)?;
+    let lock = store.lock()?;
+    Ok(Locked { store, lock })
+}
+
+fn addrs_of(vm: &VmSpec) -> impl Iterator<Item = IpAddr> + '_ {
+    vm.addresses().map(|(_, a)| a.0)
+}
+
+/// Refuses an address another VM on this host holds with a different MAC.
+fn check(vm: &VmSpec, snap: &Snapshot, boot_id: &str) -> Result<(), Invalid> {
+    model::check_conflicts(vm, snap.vms.values().map(|v| &**v), boot_id)
+}
+
+/// Another writer's entry under this VM's name: left as it is.
+fn foreign(snap: &Snapshot, name: &VmName) -> Option<Arc<VmSpec>> {
+    snap.vms.get(name).filter(|e| e.source != Source::Hook).cloned()
+}
+
+/// Observes the kernel and applies [`plan::plan_vm`] for `addrs`. Returns why route work
+/// waits, if it does (the bridge is down).
+fn program(
+    cfg: &Config,
+    d: &Desired,
+    addrs: &BTreeSet<IpAddr>,
+    create_bridge: bool,
+) -> Result<Option<String>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async {
+        let t = std::time::Instant::now();
+        let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
+        let o = k.observe_for_vm(d).await?;
+        let observe_ms = t.elapsed().as_secs_f64() * 1e3;
+        let p = plan::plan_vm(d, &o, addrs, create_bridge, cfg.route_protocol);
+        tracing::debug!(observe_ms, ops = p.ops.len(), "hook plan");
+        if p.held_deletions > 0 {
+            eprintln!(
+                "hvroute: warning: {} deletions held back: a state file is unreadable (see `hvroute status`)",
+                p.held_deletions
+            );
+        }
+        if !p.is_empty() {
+            let errors = k.apply(&p).await;
+            if let Some(first) = errors.first() {
+                anyhow::bail!("{} of {} kernel ops failed; first: {first}", errors.len(), p.ops.len());
+            }
+        }
+        Ok(p.waiting)
+    })
+}
+
+fn warn_waiting(name: &VmName, waiting: Option<String>) {
+    if let Some(w) = waiting {
+        eprintln!("hvroute: warning: VM {name} is recorded, but its routes wait: {w}");
+    }
+}
+
+/// `prepare begin`: validate against the configuration and the other VMs; create the
+/// bridge if it is missing. Writes no entry.
+pub fn prepare(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
+    let Some((cfg, name, view)) = managed(cfg, name, input)? else { return Ok(()) };
+    let boot_id = cfg.boot_id()?;
+    let l = lock(&cfg)?;
+    let snap = l.snapshot()?;
+    check(&entry(&name, &view, &boot_id, None), &snap, &boot_id)?;
+    let d = Desired::build(&cfg, &snap, &boot_id);
+    program(&cfg, &d, &BTreeSet::new(), true).context("cannot create the bridge")?;
+    drop(l);
+    Ok(())
+}
+
+/// `started begin` (and `reconnect begin`): record the entry, then program the VM's
+/// routes and neighbours. When this returns `Ok`, they exist (unless the admin has the
+/// bridge down, which is said on stderr).
+pub fn started(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
+    let Some((cfg, name, view)) = managed(cfg, name, input)? else { return Ok(()) };
+    assert_view(&cfg, &name, &view)
+}
+
+fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
+    let boot_id = cfg.boot_id()?;
+    let l = lock(cfg)?;
+    let mut snap = l.snapshot()?;
+    let existing = snap.vms.get(name).cloned();
+    let mut addrs: BTreeSet<IpAddr> =
+        view.nics.iter().flat_map(|n| n.addresses.iter().map(|a| a.0)).collect();
+    match existing {
+        Some(e) if e.source != Source::Hook => {
+            let mine: BTreeSet<IpAddr> = addrs_of(&e).collect();
+            if mine != addrs {
+                eprintln!(
+                    "hvroute: warning: VM {name} is in the state dir from source {} with other addresses; \
+                     the hook leaves that entry as it is and programs what it says",
+                    e.source
+                );
+            }
+            addrs.extend(mine);
+        }
+        _ => {
+            let migration = match &existing {
+                Some(e) if e.boot_id.as_deref() == Some(boot_id.as_str()) => match e.migration {
+                    Some(Migration::Incoming | Migration::Arriving) => Some(Migration::Arriving),
+                    // Re-asserted (`reconnect`) after the guest arrived: keep its window.
+                    arrived @ Some(Migration::Arrived { .. }) => arrived,
+                    None => None,
+                },
+                _ => None,
+            };
+            let vm = entry(name, view, &boot_id, migration);
+            check(&vm, &snap, &boot_id)?;
+            if existing.as_deref() != Some(&vm) {
+                l.store.put(&l.lock, &vm)?;
+            }
+            if let Some(e) = &existing {
+                addrs.extend(addrs_of(e));
+            }
+            snap.vms.insert(name.clone(), Arc::new(vm));
+        }
+    }
+    let d = Desired::build(cfg, &snap, &boot_id);
+    warn_waiting(name, program(cfg, &d, &addrs, true)?);
+    drop(l);
+    Ok(())
+}
+
+/// `reconnect begin` (libvirtd restarted; the VM runs): re-assert as `started` does. With
+/// an unusable XML, the VM's own hook entry, if any, is re-asserted instead.
+pub fn reconnect(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
+    let problem = match managed(cfg.clone(), name, input) {
+        Ok(None) => return Ok(()),
+        Ok(Some((cfg, name, view))) => return assert_view(&cfg, &name, &view),
+        Err(e) => e,
+    };
+    let (Ok(cfg), Ok(vm_name)) = (cfg, name.parse::<VmName>()) else { return Err(problem) };
+    let Some(e) = Store::at(&cfg.state_dir).get(&vm_name).ok().flatten().filter(|e| e.source == Source::Hook)
+    else {
+        return Err(problem);
+    };
+    eprintln!("hvroute: warning: VM {vm_name}: {problem:#}; re-asserting its recorded entry instead");
+    let view = HookView { nics: e.nics.clone(), unaddressed: Vec::new(), cdroms: Vec::new() };
+    assert_view(&cfg, &vm_name, &view)
+}
+
+/// `stopped end` and `release end`: remove the VM's hook entry and withdraw the kernel
+/// objects of its addresses (recorded, and named by the XML when it is readable) that no
+/// other entry wants.
+pub fn release(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
+    // Nothing can be stored under a name that is not a valid VM name.
+    let Ok(name) = name.parse::<VmName>() else { return Ok(()) };
+    // The XML is optional here: the entry says what to withdraw.
+    let dom = input.xml().ok().and_then(|x| domain::parse(x).ok()).filter(|d| d.name == name.as_str());
+    let from_xml: BTreeSet<IpAddr> =
+        dom.as_ref().map(|d| d.meta_addresses().into_iter().map(|a| a.0).collect()).unwrap_or_default();
+    let cfg = match cfg {
+        Ok(c) => c,
+        // A domain without hvroute metadata is no concern of a broken config.
+        Err(_) if dom.as_ref().is_some_and(|d| !d.is_managed()) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let boot_id = cfg.boot_id();
+    let l = lock(&cfg)?;
+    let mut addrs = from_xml;
+    // An unreadable file of this name means "VM in error": it stays, and so do its routes.
+    let own = l.store.get(&name)?.filter(|e| e.source == Source::Hook);
+    if own.is_none() && addrs.is_empty() {
+        // The common case of a VM hvroute never knew: one stat, no full read.
+        return Ok(());
+    }
+    if let Some(e) = &own {
+        l.store.remove(&l.lock, &name)?;
+        addrs.extend(addrs_of(e));
+    }
+    let boot_id = boot_id?;
+    let d = Desired::build(&cfg, &l.snapshot()?, &boot_id);
+    addrs.retain(|a| !d.addrs.contains_key(a));
+    if !addrs.is_empty() {
+        program(&cfg, &d, &addrs, false)?;
+    }
+    drop(l);
+    Ok(())
+}
+
+/// `migrate begin` on the destination: record the incoming migration. The entry holds
+/// the VM's addresses against other VMs but is not routed until `started`. Ports are
+/// dropped: the XML names the source's taps.
+pub fn migrate(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
+    let Some((cfg, name, mut view)) = managed(cfg, name, input)? else { return Ok(()) };
+    view.nics.iter_mut().for_each(|n| n.port = None);
+    let boot_id = cfg.boot_id()?;
+    let l = lock(&cfg)?;
+    let snap = l.snapshot()?;
+    if let Some(e) = foreign(&snap, &name) {
+        eprintln!(
+            "hvroute: warning: VM {name} is in the state dir from source {}; the hook records no incoming migration for it",
+            e.source
+        );
+        return Ok(());
+    }
+    let vm = entry(&name, &view, &boot_id, Some(Migration::Incoming));
+    check(&vm, &snap, &boot_id)?;
+    l.store.put(&l.lock, &vm)?;
+    drop(l);
+    Ok(())
+}
