@@ -174,7 +174,7 @@ fn live_migration_is_make_before_break() {
 
     for (fam, log) in [("IPv4", &l4), ("IPv6", &l6)] {
         let (gap, at) = log.longest_gap();
-        let before = log.longest_gap_before(switch);
+        let before = log.silence_before(switch);
         eprintln!(
             "{fam}: {} of {} probes answered; longest gap {gap:?} (at switchover {:+.0} ms); before the switchover {before:?}; spine switched {switched:?} after it",
             log.answered.len(),
@@ -267,4 +267,89 @@ fn wait_ping(f: &Fabric, ns: &str, src: Option<&str>, dst: &str) {
         None => ping_ok(ns, dst),
     });
     assert!(ok, "{ns} cannot ping {dst}\n{}", f.diagnostics());
+}
+
+/// One measured migration for the benchmark (scripts/bench-migrate.sh), in libvirt's
+/// order with the source's stopped/release right after the switchover, as libvirt runs
+/// them once the migration completes. `plain`: the destination runs the plain strategy
+/// (`migration.make_before_break = false`): advertised at the baseline from `started`.
+/// `multipath`: the spine spreads flows over equal-length paths from different ASes
+/// (`bgp bestpath as-path multipath-relax`, `maximum-paths 8`), as ECMP fabrics do;
+/// otherwise it keeps the oldest of equal eBGP paths.
+fn migrate_once(tag: &str, plain: bool, multipath: bool) -> serde_json::Value {
+    let toml = if plain { "[migration]\nmake_before_break = false\n" } else { "" };
+    let (mut f, vm) = fabric_with_vm(tag, toml);
+    if multipath {
+        f.spine_frr().configure(&[
+            &format!("router bgp {SPINE_ASN}"),
+            "bgp bestpath as-path multipath-relax",
+            "address-family ipv4 unicast",
+            "maximum-paths 8",
+            "exit-address-family",
+            "address-family ipv6 unicast",
+            "maximum-paths 8",
+            "exit-address-family",
+        ]);
+    }
+    let asn2 = f.hv(2).asn;
+    // Several flows (one source address each): the spine spreads equal-length paths over
+    // flows by hashing their addresses, so one flow alone may stay on the source by luck.
+    let dst = vm.ip4.clone().expect("dual stack");
+    let pingers: Vec<Pinger> = (11..=18)
+        .map(|i| {
+            let src = format!("203.0.113.{i}");
+            ip(&f.out, &format!("addr add {src}/32 dev lo"));
+            Pinger::start_from(&f.out, &src, &dst)
+        })
+        .collect();
+    pingers.iter().for_each(|p| p.wait_answers(30, SPINE_BOUND));
+    let copy = f.hv_mut(2).plug_copy(&vm, "m1");
+    let t_started = unix_now();
+    hook_ok(f.hv(2), &vm, &copy.port, "migrate", "begin", "-");
+    start_ops(f.hv(2), &vm, &copy.port);
+    wait_since(&f, Instant::now(), SPINE_BOUND, "hv2's advertisement on the spine", || {
+        let rib = f.spine_frr().rib("ipv4");
+        paths_of(&rib, &format!("{dst}/32")).iter().any(|(a, _)| *a == asn2)
+    });
+    // The simulated memory copy: the copy stays paused here, advertised, for a second
+    // of traffic (a duration of the scenario, not a wait for a condition).
+    std::thread::sleep(Duration::from_secs(1));
+    let rarp = Announcer::ready(&copy.ns, &copy.mac);
+    let switch = unix_now();
+    f.hv(1).set_running(&vm, false);
+    f.hv(2).set_running(&copy, true);
+    rarp.send();
+    hook_ok(f.hv(1), &vm, &vm.port, "stopped", "end", "-");
+    hook_ok(f.hv(1), &vm, &vm.port, "release", "end", "-");
+    wait_since(&f, Instant::now(), SPINE_BOUND, "the spine to use hv2 only", || uses_only(&f, &vm, asn2));
+    pingers.iter().for_each(|p| p.wait_answers(50, SPINE_BOUND));
+    let logs: Vec<PingLog> = pingers.into_iter().map(Pinger::stop).collect();
+    let outage = logs.iter().map(|l| l.longest_gap().0).max().unwrap_or_default();
+    let silent: Vec<Duration> = logs.iter().map(|l| l.silence_before(switch)).collect();
+    serde_json::json!({
+        "strategy": if plain { "plain" } else { "make-before-break" },
+        "spine": if multipath { "multipath" } else { "oldest path" },
+        "flows": logs.len(),
+        "outage_ms": outage.as_secs_f64() * 1000.0,
+        // Flows black-holed at the paused copy before the switchover, and for how long.
+        "silence_before_switchover_ms": silent.iter().max().unwrap_or(&Duration::ZERO).as_secs_f64() * 1000.0,
+        "flows_black_holed_before_switchover": silent.iter().filter(|d| **d > QUIET_GAP).count(),
+        "paused_s": switch - t_started,
+    })
+}
+
+/// The benchmark of scripts/bench-migrate.sh: TRIALS (env HVR_BENCH_TRIALS, default 5)
+/// migrations with each strategy, alternating, one JSON line each on stdout.
+#[test]
+#[ignore = "a benchmark: scripts/bench-migrate.sh runs it"]
+fn bench_migration_outage() {
+    let trials: usize = std::env::var("HVR_BENCH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for i in 0..trials {
+        for multipath in [false, true] {
+            for plain in [false, true] {
+                let r = migrate_once(&format!("mb{i}{}{}", u8::from(multipath), u8::from(plain)), plain, multipath);
+                println!("BENCH {r}");
+            }
+        }
+    }
 }

@@ -402,22 +402,39 @@ pub struct Pinger {
 pub struct PingLog {
     /// Unix time (s) of each answered probe, in order.
     pub answered: Vec<f64>,
+    /// The icmp_seq of each answered probe, in the same order.
+    pub seqs: Vec<u64>,
     pub sent: u64,
 }
 
 impl PingLog {
     fn parse(text: &str) -> PingLog {
-        let answered = text
+        let (answered, seqs) = text
             .lines()
             .filter(|l| l.contains("bytes from"))
-            .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok())
-            .collect();
+            .filter_map(|l| {
+                let t = l.strip_prefix('[')?.split(']').next()?.parse::<f64>().ok()?;
+                let seq = l.split("icmp_seq=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok()?;
+                Some((t, seq))
+            })
+            .unzip();
         let sent = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
             .and_then(|l| l.split_whitespace().next()?.parse().ok())
             .unwrap_or(0);
-        PingLog { answered, sent }
+        PingLog { answered, seqs, sent }
+    }
+
+    /// The longest time without an answer that began before Unix time T, counted up to
+    /// T at most: how long the flow was black-holed before T.
+    pub fn silence_before(&self, t: f64) -> Duration {
+        self.answered
+            .windows(2)
+            .filter(|w| w[0] < t)
+            .map(|w| Duration::from_secs_f64((w[1].min(t) - w[0]).max(0.0)))
+            .max()
+            .unwrap_or_default()
     }
 
     /// The longest time between two answered probes, and when it began (Unix time).
@@ -429,18 +446,23 @@ impl PingLog {
             .unwrap_or((Duration::ZERO, 0.0))
     }
 
-    /// The longest gap among answers before Unix time T.
-    pub fn longest_gap_before(&self, t: f64) -> Duration {
-        let before: Vec<f64> = self.answered.iter().copied().filter(|a| *a < t).collect();
-        PingLog { answered: before, sent: 0 }.longest_gap().0
-    }
 }
 
 impl Pinger {
     pub fn start(ns: &str, dst: &str) -> Pinger {
+        Pinger::spawn(ns, &["-D", "-n", "-i", "0.01", "-W", "1", dst])
+    }
+
+    /// As [`Pinger::start`], from source address SRC.
+    pub fn start_from(ns: &str, src: &str, dst: &str) -> Pinger {
+        Pinger::spawn(ns, &["-D", "-n", "-i", "0.01", "-W", "1", "-I", src, dst])
+    }
+
+    fn spawn(ns: &str, args: &[&str]) -> Pinger {
         let out = tempfile::NamedTempFile::new().expect("ping log");
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "ping", "-D", "-n", "-i", "0.01", "-W", "1", dst])
+            .args(["netns", "exec", ns, "ping"])
+            .args(args)
             .stdout(out.reopen().expect("ping log"))
             .stderr(Stdio::null())
             .spawn()
