@@ -83,6 +83,10 @@ pub enum Cmd {
     /// The libvirt qemu hook, and its installation (docs/libvirt.md).
     #[command(subcommand)]
     Hook(crate::hook::HookCmd),
+    /// CloudStack's NIC plug and unplug, as scripts/cloudstack/modifymacip.sh hands them
+    /// over (docs/cloudstack.md).
+    #[command(subcommand)]
+    Shim(crate::hook::shim::ShimCmd),
 }
 
 #[derive(Subcommand)]
@@ -208,6 +212,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Status { json } => cmd_status(&cfg, json),
         Cmd::Frr(FrrCmd::Render) => cmd_frr_render(&cfg),
         Cmd::Frr(FrrCmd::Bootstrap { write }) => cmd_frr_bootstrap(&cfg, write),
+        Cmd::Shim(s) => crate::hook::shim::run(&cfg, s),
         Cmd::Hook(_) => unreachable!("handled above"),
     }
 }

@@ -19,7 +19,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::model::{HostAddr, IfName, Mac, Migration, VmName};
+use crate::model::{HostAddr, IfName, Mac, Migration, Source, VmName};
 use crate::store::Snapshot;
 
 /// The metric the kernel gives a route added without one: 0 for IPv4, 1024 for IPv6.
@@ -99,6 +99,10 @@ pub struct Desired {
     /// Addresses whose advertisement is not the baseline: VMs in a live migration
     /// (design.md §5); only with `migration.make_before_break`.
     pub preference: BTreeMap<IpAddr, Preference>,
+    /// Addresses of CloudStack shim entries that no hook entry describes: routed only
+    /// while the NIC's tap (libvirt's tap MAC, `fe:` + the VM MAC's last five octets) is a
+    /// port of the bridge (see [`Desired::routed`]).
+    pub pending: BTreeMap<IpAddr, Mac>,
     /// Addresses two active VMs claim with different MACs; the first VM by name wins.
     pub conflicts: Vec<String>,
     /// False while any state file is unreadable: then nothing owned is deleted.
@@ -128,6 +132,7 @@ impl Desired {
             parked: BTreeSet::new(),
             incoming: BTreeSet::new(),
             preference: BTreeMap::new(),
+            pending: BTreeMap::new(),
             conflicts: Vec::new(),
             deletions_allowed: snap.errors.is_empty(),
             loopbacks: [cfg.bgp.loopback4.map(IpAddr::V4), cfg.bgp.loopback6.map(IpAddr::V6)]
@@ -137,6 +142,14 @@ impl Desired {
                 .collect(),
         };
         let mut holder: BTreeMap<IpAddr, &VmName> = BTreeMap::new();
+        // The hook's view of each NIC, by MAC (design.md §3, identity): a CloudStack shim
+        // entry for the same NIC shares its state.
+        let hook_nics: BTreeMap<Mac, Option<Migration>> = snap
+            .vms
+            .values()
+            .filter(|v| v.source == Source::Hook && !v.is_parked(boot_id))
+            .flat_map(|v| v.nics.iter().map(move |n| (n.mac, v.migration)))
+            .collect();
         for vm in snap.vms.values() {
             for nic in &vm.nics {
                 d.tap_macs.insert(nic.mac.tap_mac());
@@ -160,6 +173,17 @@ impl Desired {
                         .push(format!("VM {}: address {ip} is outside the pools; not routed", vm.name));
                     continue;
                 }
+                // A shim entry follows the hook's view of its NIC; with none (yet), it
+                // waits for its tap to appear on the bridge.
+                let migration = match (vm.source, hook_nics.get(&mac)) {
+                    (Source::Shim, None) => {
+                        d.pending.insert(ip, mac);
+                        continue;
+                    }
+                    (Source::Shim, Some(Some(Migration::Incoming))) => continue,
+                    (Source::Shim, Some(m)) => *m,
+                    _ => vm.migration,
+                };
                 match d.addrs.get(&ip) {
                     Some(m) if *m != mac => d.conflicts.push(format!(
                         "VM {}: address {ip} is already held by VM {} with another MAC; not routed",
@@ -168,7 +192,7 @@ impl Desired {
                     _ => {
                         d.addrs.insert(ip, mac);
                         holder.insert(ip, &vm.name);
-                        let pref = match vm.migration {
+                        let pref = match migration {
                             _ if !cfg.migration.make_before_break => None,
                             Some(Migration::Arriving) => Some(Preference::Incoming),
                             Some(Migration::Arrived { .. }) => Some(Preference::Arrived),
@@ -181,7 +205,24 @@ impl Desired {
                 }
             }
         }
+        // A pending address that an active entry routes anyway is that entry's.
+        d.pending.retain(|ip, _| !d.addrs.contains_key(ip));
         d
+    }
+
+    /// The addresses to route, given what is observed: every address of [`Desired::addrs`],
+    /// and each pending one whose NIC's tap is a port of the bridge.
+    pub fn routed<'a>(&'a self, o: &Observed) -> std::borrow::Cow<'a, BTreeMap<IpAddr, Mac>> {
+        if self.pending.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.addrs);
+        }
+        let taps: BTreeSet<Mac> =
+            o.bridge.iter().flat_map(|b| b.ports.iter().filter_map(|p| p.mac)).collect();
+        let mut all = self.addrs.clone();
+        all.extend(
+            self.pending.iter().filter(|(_, mac)| taps.contains(&mac.tap_mac())).map(|(a, m)| (*a, *m)),
+        );
+        std::borrow::Cow::Owned(all)
     }
 }
 
@@ -415,7 +456,7 @@ pub fn quick_adds(prev: &Desired, next: &Desired, proto: u8, max: usize) -> Opti
 pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
     if let Some(bridge_ifindex) = plan_bridge(d, o, opts, &mut p) {
-        plan_entries(&d.addrs, &o.routes, &o.neighs, bridge_ifindex, d.deletions_allowed, &mut p);
+        plan_entries(&d.routed(o), &o.routes, &o.neighs, bridge_ifindex, d.deletions_allowed, &mut p);
     }
     p
 }
@@ -436,8 +477,9 @@ pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
 ///   of that name that is not a bridge, makes the route and neighbour work wait.
 pub fn plan_vm(d: &Desired, o: &Observed, addrs: &BTreeSet<IpAddr>, create_bridge: bool, proto: u8) -> Plan {
     let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
+    let routed = d.routed(o);
     let want: BTreeMap<IpAddr, Mac> =
-        addrs.iter().filter_map(|a| d.addrs.get(a).map(|mac| (*a, *mac))).collect();
+        addrs.iter().filter_map(|a| routed.get(a).map(|mac| (*a, *mac))).collect();
     let bridge_ifindex = match &o.bridge {
         None if create_bridge => match plan_bridge(d, o, Options { bring_up: true }, &mut p) {
             Some(i) => i,
@@ -953,6 +995,45 @@ mod tests {
         v.migration = Some(crate::model::Migration::Arriving);
         let d = Desired::build(&c, &snap(vec![v]), "b");
         assert_eq!(d.addrs.len(), 1);
+    }
+
+    /// Prevents: a CloudStack NIC plugged on a migration destination (before `migrate
+    /// begin`) being routed and advertised at full preference while the VM still runs on
+    /// the source; or a shim NIC on a host without the hook never being routed.
+    #[test]
+    fn a_shim_nic_shares_the_hooks_state_or_waits_for_its_tap() {
+        let c = cfg();
+        let mac = "52:54:00:00:00:01";
+        let shim = vm("nic-52-54-00-00-00-01", mac, &["192.0.2.1", "192.0.2.2"], Source::Shim, Some("b"));
+        let mut hook = vm("i-2-10-VM", mac, &["192.0.2.1"], Source::Hook, Some("b"));
+        let a1: IpAddr = "192.0.2.1".parse().unwrap();
+        let a2: IpAddr = "192.0.2.2".parse().unwrap();
+        // No hook entry: pending until the tap (fe:54:00:00:00:01) is a port.
+        let d = Desired::build(&c, &snap(vec![shim.clone()]), "b");
+        assert!(d.addrs.is_empty() && d.pending.len() == 2);
+        let mut o = up_bridge(&d);
+        assert!(d.routed(&o).is_empty());
+        o.bridge.as_mut().unwrap().ports = vec![PortObs {
+            name: "vnet0".into(),
+            kind: PortKind::Tun,
+            mac: Some("fe:54:00:00:00:01".parse().unwrap()),
+        }];
+        assert_eq!(d.routed(&o).len(), 2);
+        // Incoming migration recorded for the NIC: held, not routed, not pending.
+        hook.migration = Some(Migration::Incoming);
+        let d = Desired::build(&c, &snap(vec![shim.clone(), hook.clone()]), "b");
+        assert!(d.addrs.is_empty() && d.pending.is_empty());
+        // Arriving: routed, both addresses de-preferred, the shim's extra one included.
+        hook.migration = Some(Migration::Arriving);
+        let d = Desired::build(&c, &snap(vec![shim.clone(), hook.clone()]), "b");
+        assert_eq!(d.addrs.keys().copied().collect::<Vec<_>>(), [a1, a2]);
+        assert_eq!(d.preference.get(&a2), Some(&Preference::Incoming));
+        assert!(d.conflicts.is_empty(), "{:?}", d.conflicts);
+        // Started normally: both routed at the baseline.
+        hook.migration = None;
+        let d = Desired::build(&c, &snap(vec![shim, hook]), "b");
+        assert_eq!(d.addrs.len(), 2);
+        assert!(d.preference.is_empty() && d.pending.is_empty());
     }
 
     #[test]

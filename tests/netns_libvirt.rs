@@ -2,8 +2,10 @@
 //! inside the lab's hypervisor namespace with private directories (`common/libvirt.rs`),
 //! `hvroute hook install` puts the hook into that libvirt's hooks directory, and `virsh
 //! create` starts real QEMU domains (diskless, no OS; TCG unless
-//! HVROUTE_TEST_LIBVIRT_VIRT=kvm) whose NIC is on cloudbr0. No hvroute daemon runs: the
-//! hook alone must do the kernel side. FRR and the spine are covered by the FRR tests.
+//! HVROUTE_TEST_LIBVIRT_VIRT=kvm) whose NIC is on cloudbr0. In the first test no hvroute
+//! daemon runs: the hook alone must do the kernel side. The second adds a spine and the
+//! hypervisor's FRR and daemon (`common/fabric.rs`): the domain's prefixes reach the spine
+//! and leave it with `virsh destroy`.
 //!
 //! Needs root and libvirt (scripts/test.sh installs it).
 //! Run: `cargo test --test netns_libvirt -- --test-threads=2`.
@@ -168,4 +170,48 @@ fn libvirt_runs_the_hook_for_real_domains() {
         "a refused start disturbed the running VM\n{}",
         lab.diagnostics()
     );
+}
+
+/// Prevents: a VM that libvirt starts being routed on the hypervisor but never reaching
+/// the fabric (the daemon not told, or FRR not), or staying on the spine after `virsh
+/// destroy`. A spine and a hypervisor with real FRR and `hvroute daemon`
+/// (`common/fabric.rs`), and libvirtd in the hypervisor's namespace.
+#[test]
+fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
+    use common::fabric::{Fabric, HvSpec, Peering, rib_from};
+    let mut f = Fabric::new("lvf", &[HvSpec::new(Peering::Unnumbered)]);
+    f.start_daemons();
+    let hv = f.hv(1);
+    let (ns, cfg, asn) = (hv.ns.clone(), hv.cfg.clone(), hv.asn);
+    let mut lv = Libvirt::new(&ns);
+    let hooks = lv.hooks_dir();
+    hvroute_ok_in(&ns, &cfg, &["hook", "install", "--dir", hooks.to_str().unwrap()]);
+    lv.start();
+    let (a4, a6) = ("192.0.2.61", "2001:db8:100::61");
+    let want = [format!("{a4}/32"), format!("{a6}/128")];
+    let on_spine = |f: &Fabric| {
+        let sf = f.spine_frr();
+        let (r4, r6) = (rib_from(&sf.rib("ipv4"), asn), rib_from(&sf.rib("ipv6"), asn));
+        want.iter().filter(|p| r4.contains(*p) || r6.contains(*p)).count()
+    };
+    let xml =
+        domain("hvr-spine", "52:54:00:00:00:61", Some(&hvroute_metadata("52:54:00:00:00:61", &[a4, a6])));
+    let o = lv.create("hvr-spine", &xml);
+    assert!(o.status.success(), "virsh create failed: {}\n{}", show(&o), lv.diagnostics());
+    let t = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(&f) == 2),
+        "the domain's prefixes did not reach the spine\n{}\n{}",
+        f.diagnostics(),
+        lv.diagnostics()
+    );
+    eprintln!("virsh create returned; the spine held both prefixes {:?} later", t.elapsed());
+    lv.virsh_ok(&["destroy", "hvr-spine"]);
+    let t = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(&f) == 0),
+        "the domain's prefixes stayed on the spine after virsh destroy\n{}",
+        f.diagnostics()
+    );
+    eprintln!("virsh destroy returned; the spine dropped both prefixes {:?} later", t.elapsed());
 }

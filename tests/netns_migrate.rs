@@ -347,7 +347,11 @@ fn bench_migration_outage() {
     for i in 0..trials {
         for multipath in [false, true] {
             for plain in [false, true] {
-                let r = migrate_once(&format!("mb{i}{}{}", u8::from(multipath), u8::from(plain)), plain, multipath);
+                let r = migrate_once(
+                    &format!("mb{i}{}{}", u8::from(multipath), u8::from(plain)),
+                    plain,
+                    multipath,
+                );
                 println!("BENCH {r}");
             }
         }

@@ -43,6 +43,7 @@
 pub mod domain;
 pub mod install;
 pub mod ops;
+pub mod shim;
 
 use std::io::Read;
 use std::path::Path;

@@ -77,30 +77,30 @@ fn entry(name: &VmName, view: &HookView, boot_id: &str, migration: Option<Migrat
 }
 
 /// The state dir, locked.
-struct Locked {
-    store: Store,
-    lock: WriteLock,
+pub(super) struct Locked {
+    pub(super) store: Store,
+    pub(super) lock: WriteLock,
 }
 
 impl Locked {
     /// Everything the state dir holds now.
-    fn snapshot(&self) -> Result<Snapshot> {
+    pub(super) fn snapshot(&self) -> Result<Snapshot> {
         Ok((*self.store.load()?).clone())
     }
 }
 
-fn lock(cfg: &Config) -> Result<Locked> {
+pub(super) fn lock(cfg: &Config) -> Result<Locked> {
     let store = Store::open(&cfg.state_dir)?;
     let lock = store.lock()?;
     Ok(Locked { store, lock })
 }
 
-fn addrs_of(vm: &VmSpec) -> impl Iterator<Item = IpAddr> + '_ {
+pub(super) fn addrs_of(vm: &VmSpec) -> impl Iterator<Item = IpAddr> + '_ {
     vm.addresses().map(|(_, a)| a.0)
 }
 
 /// Refuses an address another VM on this host holds with a different MAC.
-fn check(vm: &VmSpec, snap: &Snapshot, boot_id: &str) -> Result<(), Invalid> {
+pub(super) fn check(vm: &VmSpec, snap: &Snapshot, boot_id: &str) -> Result<(), Invalid> {
     model::check_conflicts(vm, snap.vms.values().map(|v| &**v), boot_id)
 }
 
@@ -111,7 +111,7 @@ fn foreign(snap: &Snapshot, name: &VmName) -> Option<Arc<VmSpec>> {
 
 /// Observes the kernel and applies [`plan::plan_vm`] for `addrs`. Returns why route work
 /// waits, if it does (the bridge is down).
-fn program(
+pub(super) fn program(
     cfg: &Config,
     d: &Desired,
     addrs: &BTreeSet<IpAddr>,
@@ -144,7 +144,7 @@ fn program(
     })
 }
 
-fn warn_waiting(name: &VmName, waiting: Option<String>) {
+pub(super) fn warn_waiting(name: &VmName, waiting: Option<String>) {
     if let Some(w) = waiting {
         eprintln!("hvroute: warning: VM {name} is recorded, but its routes wait: {w}");
     }

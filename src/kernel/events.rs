@@ -71,11 +71,12 @@ pub async fn subscribe(bridge: &str, proto: u8) -> Result<mpsc::UnboundedReceive
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut bridge_up: Option<bool> = None;
+        let mut ports = std::collections::HashSet::new();
         while let Some((msg, _)) = messages.next().await {
             let hint = match msg.payload {
                 NetlinkPayload::Overrun(_) => Some(Hint("netlink event overflow (ENOBUFS)")),
                 NetlinkPayload::InnerMessage(m) => {
-                    classify(&m, &bridge, proto, &mut bridge_index, &mut bridge_up)
+                    classify(&m, &bridge, proto, &mut bridge_index, &mut bridge_up, &mut ports)
                 }
                 _ => None,
             };
@@ -95,9 +96,21 @@ fn classify(
     proto: u8,
     bridge_index: &mut Option<u32>,
     bridge_up: &mut Option<bool>,
+    ports: &mut std::collections::HashSet<u32>,
 ) -> Option<Hint> {
     let on_bridge = |i: u32| Some(i) == *bridge_index;
     match m {
+        // A port joining the bridge: a CloudStack shim entry may wait for its tap.
+        M::NewLink(l)
+            if bridge_index.is_some()
+                && l.attributes
+                    .iter()
+                    .any(|a| matches!(a, LinkAttribute::Controller(i) if on_bridge(*i))) =>
+        {
+            ports.insert(l.header.index).then_some(Hint("port joined the bridge"))
+        }
+        // A known port that left the bridge (or went away): forget it.
+        M::NewLink(l) | M::DelLink(l) if ports.remove(&l.header.index) => None,
         M::NewLink(l) | M::DelLink(l) => {
             let named = l.attributes.iter().any(|a| matches!(a, LinkAttribute::IfName(n) if n == bridge));
             if !named && !on_bridge(l.header.index) {

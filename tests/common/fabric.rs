@@ -445,7 +445,6 @@ impl PingLog {
             .max_by(|a, b| a.0.cmp(&b.0))
             .unwrap_or((Duration::ZERO, 0.0))
     }
-
 }
 
 impl Pinger {
