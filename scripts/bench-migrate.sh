@@ -67,19 +67,24 @@ ensure_packages
 ensure_cargo
 cd "$repo_root"
 
+rev_label="$(git rev-parse --short HEAD)"
+if [[ -n "$(git status --porcelain -- src tests templates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    rev_label="$rev_label + uncommitted changes"
+fi
 out="$(mktemp /tmp/hvroute-bench-migrate.XXXXXX)"
 trap 'rm -f "$out"' EXIT
 log "running $trials trials of 4 cases (about 15 s each)"
 started=$(date +%s)
 HVR_BENCH_TRIALS="$trials" RUST_BACKTRACE=0 cargo test --release --test netns_migrate bench_migration_outage \
-    -- --ignored --nocapture --test-threads=1 2>&1 | tee "$out" | grep --line-buffered '^BENCH' | sed 's/^/bench-migrate: /' || true
+    -- --ignored --nocapture --test-threads=1 2>&1 | tee "$out" | grep --line-buffered -o 'BENCH {.*' | sed 's/^/bench-migrate: /' || true
 grep -q 'test result: ok' "$out" || die "the benchmark test failed; its output: $(tail -20 "$out")"
 took=$(($(date +%s) - started))
 
-block="$(python3 - "$out" "$trials" "$took" "$(git rev-parse --short HEAD)" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
-import json, statistics, sys
+block="$(python3 - "$out" "$trials" "$took" "$rev_label" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
+import json, re, statistics, sys
 path, trials, took, rev, load = sys.argv[1:6]
-recs = [json.loads(l.split("BENCH ", 1)[1]) for l in open(path) if l.startswith("BENCH ")]
+# A record may share its line with the test harness's own notes ("has been running ...").
+recs = [json.loads(m.group(1)) for l in open(path) for m in [re.search(r"BENCH (\{.*\})", l)] if m]
 cases = [("make-before-break", "oldest path"), ("plain", "oldest path"),
          ("make-before-break", "multipath"), ("plain", "multipath")]
 print(f"Run of hvroute {rev}: {trials} trials of each case, {took} s in all; load average at the end {load}; "

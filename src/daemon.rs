@@ -636,7 +636,8 @@ fn unix_now() -> u64 {
 /// signals) to a [`Daemon`] over the rtnetlink backend.
 pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
     let boot_id = cfg.boot_id()?;
-    let store = Store::open(&cfg.state_dir)?;
+    // The daemon's parses live in its memory; hooks and the CLI keep the disk copy.
+    let store = Store::open(&cfg.state_dir)?.without_disk_cache();
     let (tx, rx) = mpsc::unbounded_channel();
 
     // Subscribe before the first full read, so nothing that happens meanwhile is lost.

@@ -63,14 +63,20 @@ impl Env {
         hook_cmd(isolate(), &self.config(), args, stdin)
     }
 
-    /// Every file in the state dir with its bytes (the lock file aside).
+    /// Every file in the state dir with its bytes (the lock file aside), the parse cache
+    /// in `.cache/` included.
     fn state(&self) -> BTreeMap<PathBuf, Vec<u8>> {
-        let mut out = BTreeMap::new();
-        for e in std::fs::read_dir(self.state_dir()).unwrap().flatten() {
-            if e.file_name() != ".lock" {
-                out.insert(e.path(), std::fs::read(e.path()).unwrap());
+        fn walk(dir: &std::path::Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                if e.path().is_dir() {
+                    walk(&e.path(), out);
+                } else if e.file_name() != ".lock" {
+                    out.insert(e.path(), std::fs::read(e.path()).unwrap());
+                }
             }
         }
+        let mut out = BTreeMap::new();
+        walk(&self.state_dir(), &mut out);
         out
     }
 }

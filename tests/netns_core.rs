@@ -58,11 +58,14 @@ fn vm_add_on_running_daemon_routes_at_once_and_traffic_flows() {
     lab.wait_ping(&lab.out, Some(OUT6), VM1_6);
 }
 
-/// Every file of the lab's state dir with its bytes.
+/// Every file of the lab's state dir with its bytes (the parse cache in `.cache/` too).
 fn state_files(lab: &Lab) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(lab.dir.path().join("state"))
-        .expect("state dir")
-        .flatten()
+    let state = lab.dir.path().join("state");
+    let cache = state.join(".cache");
+    [state, cache]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_file())
         .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).expect("state file")))
         .collect()
 }

@@ -18,6 +18,14 @@ use common::libvirt::{Libvirt, domain, hvroute_metadata};
 use common::*;
 
 const MAC1: &str = "52:54:00:00:00:51";
+
+/// One libvirt at a time: virtlogd and libvirtd take pid files in /run that the harness's
+/// private directories do not cover.
+static ONE_LIBVIRT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_libvirt() -> std::sync::MutexGuard<'static, ()> {
+    ONE_LIBVIRT.lock().unwrap_or_else(|e| e.into_inner())
+}
 const VM1_4: &str = "192.0.2.51";
 const VM1_6: &str = "2001:db8:100::51";
 
@@ -44,6 +52,7 @@ fn unrouted(lab: &Lab, addrs: &[&str]) -> bool {
 /// - VMs that have nothing for hvroute being disturbed by the hook.
 #[test]
 fn libvirt_runs_the_hook_for_real_domains() {
+    let _one = one_libvirt();
     let lab = Lab::new("lv");
     let mut lv = Libvirt::new(&lab.hv);
 
@@ -179,6 +188,7 @@ fn libvirt_runs_the_hook_for_real_domains() {
 #[test]
 fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
     use common::fabric::{Fabric, HvSpec, Peering, rib_from};
+    let _one = one_libvirt();
     let mut f = Fabric::new("lvf", &[HvSpec::new(Peering::Unnumbered)]);
     f.start_daemons();
     let hv = f.hv(1);
