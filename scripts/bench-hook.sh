@@ -189,16 +189,5 @@ PY
 )"
 printf '\n%s\n' "$block"
 if [[ -n "$write" ]]; then
-    python3 - "$repo_root/docs/benchmarks.md" "$block" <<'PY'
-import sys
-path, block = sys.argv[1], sys.argv[2]
-text = open(path).read()
-begin, end = "<!-- bench-hook:begin -->", "<!-- bench-hook:end -->"
-if begin not in text:
-    sys.exit(f"{path} has no {begin} marker")
-head, rest = text.split(begin, 1)
-_, tail = rest.split(end, 1)
-open(path, "w").write(f"{head}{begin}\n{block}\n{end}{tail}")
-PY
-    log "docs/benchmarks.md updated"
+    write_doc_block bench-hook "$block"
 fi

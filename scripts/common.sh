@@ -13,6 +13,8 @@
 #   ensure_cargo                   make cargo/rustc (>= 1.85) available on PATH, or fail
 #   ensure_libvirt                 libvirtd 9.0, virtlogd, virsh and QEMU from Debian 12, ready to run by hand
 #   wait_until TIMEOUT_S DESCRIPTION CMD...   poll CMD every 0.1 s until it succeeds or time runs out
+#   write_doc_block NAME TEXT      replace what stands between <!-- NAME:begin --> and
+#                                  <!-- NAME:end --> in docs/benchmarks.md with TEXT
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     echo "common.sh holds helpers for the other scripts: source it, do not run it." >&2
@@ -259,4 +261,20 @@ build_hvroute() {
         built_bin="$repo_root/target/$subdir/release/hvroute"
     fi
     [[ -x "$built_bin" ]] || die "$built_bin is missing after the build."
+}
+
+write_doc_block() {
+    local name="$1" text="$2"
+    python3 - "$repo_root/docs/benchmarks.md" "$name" "$text" <<'PY' || die "cannot update docs/benchmarks.md"
+import sys
+path, name, block = sys.argv[1:4]
+text = open(path).read()
+begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+if begin not in text or end not in text:
+    sys.exit(f"{path} has no {begin} ... {end} block")
+head, rest = text.split(begin, 1)
+_, tail = rest.split(end, 1)
+open(path, "w").write(f"{head}{begin}\n{block}\n{end}{tail}")
+PY
+    log "docs/benchmarks.md updated"
 }

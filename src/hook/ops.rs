@@ -124,7 +124,7 @@ pub(super) fn program(
     rt.block_on(async {
         let t = std::time::Instant::now();
         let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
-        let o = k.observe_for_vm(d).await?;
+        let o = k.observe_for_vm(d, addrs).await?;
         let observe_ms = t.elapsed().as_secs_f64() * 1e3;
         let p = plan::plan_vm(d, &o, addrs, create_bridge, cfg.route_protocol);
         tracing::debug!(observe_ms, ops = p.ops.len(), "hook plan");
@@ -174,8 +174,10 @@ pub fn started(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Resul
 
 fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
     let boot_id = cfg.boot_id()?;
+    let t = std::time::Instant::now();
     let l = lock(cfg)?;
     let mut snap = l.snapshot()?;
+    let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let existing = snap.vms.get(name).cloned();
     let mut addrs: BTreeSet<IpAddr> =
         view.nics.iter().flat_map(|n| n.addresses.iter().map(|a| a.0)).collect();
@@ -203,16 +205,20 @@ fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
             };
             let vm = entry(name, view, &boot_id, migration);
             check(&vm, &snap, &boot_id)?;
+            let t = std::time::Instant::now();
             if existing.as_deref() != Some(&vm) {
                 l.store.put(&l.lock, &vm)?;
             }
+            tracing::debug!(read_ms, put_ms = t.elapsed().as_secs_f64() * 1e3, "hook store");
             if let Some(e) = &existing {
                 addrs.extend(addrs_of(e));
             }
             snap.vms.insert(name.clone(), Arc::new(vm));
         }
     }
+    let t = std::time::Instant::now();
     let d = Desired::build(cfg, &snap, &boot_id);
+    tracing::debug!(desired_ms = t.elapsed().as_secs_f64() * 1e3, "hook desired");
     warn_waiting(name, program(cfg, &d, &addrs, true)?);
     drop(l);
     Ok(())

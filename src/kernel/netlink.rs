@@ -24,6 +24,9 @@ use crate::plan::{
     BridgeObs, Desired, IfAddr, Observed, Op, Plan, PortKind, PortObs, RouteKey, default_metric,
 };
 
+/// An owned neighbour as [`Observed`] holds it: (address, ifindex) and its MAC.
+type NeighEntry = ((IpAddr, u32), Option<Mac>);
+
 /// How many route or neighbour requests are in flight at once.
 const PIPELINE: usize = 512;
 
@@ -57,12 +60,135 @@ impl Netlink {
     /// the loopbacks are not observed (left empty: `plan_vm` changes nothing about an
     /// existing bridge), which spares the hook the `nft` fork. When it is missing, this is
     /// the full [`Kernel::observe`], because the plan sets the bridge up.
-    pub async fn observe_for_vm(&mut self, desired: &Desired) -> Result<Observed> {
+    ///
+    /// Routes and neighbours are looked up for `addrs` only, with one request per object
+    /// instead of a dump of every VM's: at 1,000 VMs the dumps cost the hook 6 to 10 ms.
+    /// A route lookup returns the route the kernel would use (`RTM_F_FIB_MATCH`), so of two
+    /// owned routes for one address with different metrics it sees the preferred one; a
+    /// neighbour lookup sees the bridge's entry. The daemon's full pass sees everything.
+    pub async fn observe_for_vm(&mut self, desired: &Desired, addrs: &BTreeSet<IpAddr>) -> Result<Observed> {
         let Some(bridge) = self.observe_bridge().await? else { return self.observe(desired).await };
-        let routes = tokio::spawn(Self::observe_routes(self.route_handle.clone(), self.proto));
-        let neighs = self.observe_neighs().await?;
-        let routes = routes.await.context("route dump task failed")??;
+        let (proto, ifindex) = (self.proto, bridge.ifindex);
+        let this = &*self;
+        let found: Vec<(Option<RouteKey>, Option<NeighEntry>)> = stream::iter(addrs)
+            .map(|a| async move {
+                let r = this.get_route(*a, proto).await?;
+                let n = this.get_neigh(*a, ifindex, proto).await?;
+                anyhow::Ok((r, n))
+            })
+            .buffer_unordered(PIPELINE)
+            .try_collect()
+            .await?;
+        let routes = found.iter().filter_map(|(r, _)| *r).collect();
+        let neighs = found.into_iter().filter_map(|(_, n)| n).collect();
         Ok(Observed { bridge: Some(bridge), routes, neighs, ..Observed::default() })
+    }
+
+    /// The owned host route the kernel uses for ADDR, if that is one.
+    async fn get_route(&self, addr: IpAddr, proto: u8) -> Result<Option<RouteKey>> {
+        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        use netlink_packet_route::route::RouteFlags;
+        let mut msg = RouteMessage::default();
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        msg.header.address_family = family(addr);
+        msg.header.destination_prefix_length = full;
+        msg.header.flags = RouteFlags::FibMatch;
+        msg.attributes.push(RouteAttribute::Destination(match addr {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+        let mut req = NetlinkMessage::from(M::GetRoute(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut resp = self.handle.clone().request(req).context("cannot ask for a route")?;
+        let mut out = None;
+        while let Some(m) = resp.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(M::NewRoute(r)) => {
+                    let (mut metric, mut ifindex, mut dst) = (0, 0, None);
+                    for a in &r.attributes {
+                        match a {
+                            RouteAttribute::Priority(p) => metric = *p,
+                            RouteAttribute::Oif(i) => ifindex = *i,
+                            RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                                dst = Some(IpAddr::V4(*v4))
+                            }
+                            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                                dst = Some(IpAddr::V6(*v6))
+                            }
+                            _ => {}
+                        }
+                    }
+                    if u8::from(r.header.protocol) == proto
+                        && r.header.destination_prefix_length == full
+                        && dst == Some(addr)
+                        && route_table(&r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    {
+                        out = Some(RouteKey { addr, metric, ifindex });
+                    }
+                }
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| -c.get());
+                    // No route at all for the address: nothing of ours either.
+                    if !matches!(code, libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENOENT | libc::ESRCH) {
+                        anyhow::bail!(
+                            "route lookup of {addr} failed: {}",
+                            std::io::Error::from_raw_os_error(code)
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The owned neighbour entry for ADDR on the bridge, if there is one.
+    async fn get_neigh(&self, addr: IpAddr, ifindex: u32, proto: u8) -> Result<Option<NeighEntry>> {
+        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family(addr);
+        msg.header.ifindex = ifindex;
+        msg.attributes.push(NeighbourAttribute::Destination(match addr {
+            IpAddr::V4(a) => NeighbourAddress::Inet(a),
+            IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+        }));
+        let mut req = NetlinkMessage::from(M::GetNeighbour(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut resp = self.handle.clone().request(req).context("cannot ask for a neighbour")?;
+        let mut out = None;
+        while let Some(m) = resp.next().await {
+            match m.payload {
+                NetlinkPayload::InnerMessage(M::NewNeighbour(n)) => {
+                    let mut mac = None;
+                    let mut owned = false;
+                    for a in &n.attributes {
+                        match a {
+                            NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                                mac = Some(Mac(l[..6].try_into().expect("six bytes")))
+                            }
+                            NeighbourAttribute::Protocol(p) => owned = u8::from(*p) == proto,
+                            _ => {}
+                        }
+                    }
+                    if owned {
+                        out = Some(((addr, n.header.ifindex), mac));
+                    }
+                }
+                NetlinkPayload::Error(e) => {
+                    let code = e.code.map_or(0, |c| -c.get());
+                    if code != libc::ENOENT {
+                        anyhow::bail!(
+                            "neighbour lookup of {addr} failed: {}",
+                            std::io::Error::from_raw_os_error(code)
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     async fn links(&self) -> Result<Vec<LinkMessage>> {
