@@ -280,6 +280,46 @@ impl<K: Kernel> Daemon<K> {
         Ok(change)
     }
 
+    /// A VM the CLI just added through the daemon: its routes and neighbours, and FRR's
+    /// lines, at once, before the pass that confirms them. The store has just accepted it
+    /// (pools, conflicts, shape) and admin intent is never parked or migrating, so these
+    /// are exactly the additions and the baseline lines that pass would plan; the pass
+    /// still follows. Only onto a bridge that is ours and up, as for quick additions.
+    async fn quick_vm(&mut self, vm: &crate::model::VmSpec) {
+        let clean = self.last_pass.as_ref().is_some_and(|p| p.waiting.is_none() && p.errors.is_empty());
+        if !self.taken_over || !clean || vm.source != crate::model::Source::Cli {
+            return;
+        }
+        let ops = vm
+            .addresses()
+            .flat_map(|(mac, a)| {
+                [
+                    crate::plan::Op::ReplaceRoute { addr: a.0 },
+                    crate::plan::Op::ReplaceNeigh { addr: a.0, mac },
+                ]
+            })
+            .collect();
+        let plan = crate::plan::Plan {
+            bridge: self.cfg.bridge.name.to_string(),
+            proto: self.cfg.route_protocol,
+            ops,
+            ..Default::default()
+        };
+        // Failures are the pass's to see and retry.
+        let _ = self.kernel.apply(&plan).await;
+        if let Some(f) = &mut self.frr {
+            let mut w = (*f.wanted).clone();
+            for (_, a) in vm.addresses() {
+                w.networks.insert(ipnet::IpNet::from(a.0), Some(frr::RM_VM.to_string()));
+            }
+            if w != *f.wanted {
+                f.wanted = Arc::new(w);
+                f.mark(Instant::now());
+                f.maybe_start(&self.cfg, &self.frr_tx);
+            }
+        }
+    }
+
     /// A guest announced itself from MAC: if it belongs to a VM arriving by live
     /// migration, the guest now runs here, and this host must win (design.md §5).
     /// Returns whether the state dir changed.
@@ -591,8 +631,15 @@ impl<K: Kernel> Daemon<K> {
                             }
                         }
                         Input::Control(req @ (Request::VmAdd { .. } | Request::VmDel { .. }), reply) => {
+                            let added = match &req {
+                                Request::VmAdd { vm, .. } => Some(vm.clone()),
+                                _ => None,
+                            };
                             match self.change_vm(req) {
                                 Ok(change @ (crate::store::Change::Stored | crate::store::Change::Removed)) => {
+                                    if let (crate::store::Change::Stored, Some(vm)) = (change, added) {
+                                        self.quick_vm(&vm).await;
+                                    }
                                     // The state dir changed: the pass runs now, and the
                                     // answer waits for it.
                                     waiters.push(Waiter::Vm(reply, change));
