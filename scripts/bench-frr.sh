@@ -761,14 +761,14 @@ def report(results, meta_json, write_doc):
     lat = [r for r in recs if r["bench"] == "latency"]
     if lat:
         w("**2. Add one VM to the spine's RIB**, with the daemon converged. Each sample is one "
-          "`hvroute vm add NAME --mac M --ip A --ip B` (it stores the VM and pokes the daemon), timed "
+          "`hvroute vm add NAME --mac M --ip A --ip B` (with the daemon running, the daemon checks, stores and applies it), timed "
           "from just before the command until the spine's RIB holds both prefixes; then `hvroute vm del` "
           "of each sample VM, until both are gone. The next sample starts once the daemon's FRR sync "
           "(with its `write memory`) has finished. Percentiles are nearest-rank: with "
           "up to 100 samples, p99 is the largest.")
         w("")
         w("| VMs on the host | phase | samples | to spine p50 | p99 | min | CLI returned, p50 | "
-          "daemon pass, p50 | daemon FRR sync (vtysh -f + write memory), p50 |")
+          "daemon pass, p50 | daemon FRR sync (one batch + write memory), p50 |")
         w("|---|---|---|---|---|---|---|---|---|")
         labels = sorted({(r["vms"], r["label"]) for r in lat})
         for vms, label in labels:
