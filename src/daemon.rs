@@ -290,21 +290,11 @@ impl<K: Kernel> Daemon<K> {
         if !self.taken_over || !clean || vm.source != crate::model::Source::Cli {
             return;
         }
-        let ops = vm
-            .addresses()
-            .flat_map(|(mac, a)| {
-                [
-                    crate::plan::Op::ReplaceRoute { addr: a.0 },
-                    crate::plan::Op::ReplaceNeigh { addr: a.0, mac },
-                ]
-            })
-            .collect();
-        let plan = crate::plan::Plan {
-            bridge: self.cfg.bridge.name.to_string(),
-            proto: self.cfg.route_protocol,
-            ops,
-            ..Default::default()
-        };
+        let plan = crate::plan::additions(
+            &self.cfg.bridge.name,
+            self.cfg.route_protocol,
+            vm.addresses().map(|(mac, a)| (a.0, mac)),
+        );
         // Failures are the pass's to see and retry.
         let _ = self.kernel.apply(&plan).await;
         if let Some(f) = &mut self.frr {

@@ -439,18 +439,25 @@ impl fmt::Display for Plan {
 /// pass, which sees what is really there. `None` when more than `max` addresses changed:
 /// then the full pass is as quick.
 pub fn quick_adds(prev: &Desired, next: &Desired, proto: u8, max: usize) -> Option<Plan> {
-    let mut p = Plan { bridge: next.bridge.name.to_string(), proto, ..Plan::default() };
-    for (addr, mac) in &next.addrs {
-        if prev.addrs.get(addr) == Some(mac) {
-            continue;
-        }
-        if p.ops.len() >= 2 * max {
-            return None;
-        }
-        p.ops.push(Op::ReplaceRoute { addr: *addr });
-        p.ops.push(Op::ReplaceNeigh { addr: *addr, mac: *mac });
-    }
-    Some(p)
+    let new: Vec<(IpAddr, Mac)> = next
+        .addrs
+        .iter()
+        .filter(|(addr, mac)| prev.addrs.get(addr) != Some(mac))
+        .take(max + 1)
+        .map(|(a, m)| (*a, *m))
+        .collect();
+    (new.len() <= max).then(|| additions(&next.bridge.name, proto, new))
+}
+
+/// The route and permanent neighbour of each (address, MAC), as a plan: what a full plan
+/// adds for an address it does not observe. Shared by [`quick_adds`] and the daemon's
+/// `vm add`, which knows a new VM's addresses before any pass.
+pub fn additions(bridge: &IfName, proto: u8, addrs: impl IntoIterator<Item = (IpAddr, Mac)>) -> Plan {
+    let ops = addrs
+        .into_iter()
+        .flat_map(|(addr, mac)| [Op::ReplaceRoute { addr }, Op::ReplaceNeigh { addr, mac }])
+        .collect();
+    Plan { bridge: bridge.to_string(), proto, ops, ..Plan::default() }
 }
 
 pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
