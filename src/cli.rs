@@ -525,6 +525,18 @@ struct ErrorView<'a> {
     reason: &'a str,
 }
 
+/// How an entry stands: `active` (routed), `parked` (a volatile entry of an earlier boot)
+/// or `incoming` (a live migration announced by `migrate begin`, not routed here yet).
+fn entry_state(v: &VmSpec, boot_id: &str) -> &'static str {
+    if v.is_parked(boot_id) {
+        "parked"
+    } else if v.is_incoming() {
+        "incoming"
+    } else {
+        "active"
+    }
+}
+
 fn cmd_vm_list(cfg: &Config, json: bool) -> Result<()> {
     let boot_id = cfg.boot_id()?;
     let snap = Store::at(&cfg.state_dir).load()?;
@@ -534,7 +546,7 @@ fn cmd_vm_list(cfg: &Config, json: bool) -> Result<()> {
         .map(|v| VmView {
             name: &v.name,
             source: v.source,
-            state: if v.is_parked(&boot_id) { "parked" } else { "active" },
+            state: entry_state(v, &boot_id),
             boot_id: v.boot_id.as_deref(),
             nics: &v.nics,
         })
@@ -643,35 +655,32 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
     let vms = snap
         .vms
         .values()
-        .map(|v| {
-            let parked = v.is_parked(&boot_id);
-            VmStatus {
-                name: v.name.clone(),
-                source: v.source,
-                state: if parked { "parked" } else { "active" },
-                nics: v
-                    .nics
-                    .iter()
-                    .map(|n| NicStatus {
-                        mac: n.mac,
-                        port: n.port.clone(),
-                        addresses: n
-                            .addresses
-                            .iter()
-                            .map(|a| AddrStatus {
-                                address: *a,
-                                route: observed
-                                    .routes
-                                    .iter()
-                                    .any(|r| r.addr == a.0 && Some(r.ifindex) == br_index),
-                                neighbour: br_index
-                                    .is_some_and(|i| observed.neighs.get(&(a.0, i)) == Some(&Some(n.mac))),
-                                advertised: advertised(a.0),
-                            })
-                            .collect(),
-                    })
-                    .collect(),
-            }
+        .map(|v| VmStatus {
+            name: v.name.clone(),
+            source: v.source,
+            state: entry_state(v, &boot_id),
+            nics: v
+                .nics
+                .iter()
+                .map(|n| NicStatus {
+                    mac: n.mac,
+                    port: n.port.clone(),
+                    addresses: n
+                        .addresses
+                        .iter()
+                        .map(|a| AddrStatus {
+                            address: *a,
+                            route: observed
+                                .routes
+                                .iter()
+                                .any(|r| r.addr == a.0 && Some(r.ifindex) == br_index),
+                            neighbour: br_index
+                                .is_some_and(|i| observed.neighs.get(&(a.0, i)) == Some(&Some(n.mac))),
+                            advertised: advertised(a.0),
+                        })
+                        .collect(),
+                })
+                .collect(),
         })
         .collect();
     let b = observed.bridge.as_ref();
@@ -780,11 +789,12 @@ fn print_status(s: &Status) {
                     (String::new(), String::new(), "")
                 };
                 first = false;
-                let (r, nb) = if v.state == "parked" { ("-", "-") } else { (yes(a.route), yes(a.neighbour)) };
+                let routed = v.state == "active";
+                let (r, nb) = if !routed { ("-", "-") } else { (yes(a.route), yes(a.neighbour)) };
                 let bgp = match a.advertised {
                     None => "-",
                     Some(true) => "ok",
-                    Some(false) if v.state == "parked" => "-",
+                    Some(false) if !routed => "-",
                     Some(false) => "MISSING",
                 };
                 println!(

@@ -331,6 +331,8 @@ fn migrate_records_an_incoming_vm_without_routing_it() {
     assert!(entry["nics"][0].get("port").is_none(), "the source's tap was recorded: {entry}");
     lab.hvroute_ok(&["reconcile"]);
     assert!(lab.vm_unrouted(&vm1), "an incoming VM is routed before started\n{}", lab.diagnostics());
+    let list: serde_json::Value = serde_json::from_str(&lab.hvroute_ok(&["vm", "list", "--json"])).unwrap();
+    assert_eq!(list["vms"][0]["state"], "incoming", "{list}");
     // Its addresses are held: another VM cannot take them meanwhile.
     let thief = simple_xml("thief", "52:54:00:00:00:66", &[VM1_4], None);
     let o = hook_in(&lab.hv, &lab.cfg, ["thief", "prepare", "begin", "-"], &thief);
