@@ -165,6 +165,10 @@ pub struct Daemon<K: Kernel> {
     started: Instant,
     /// When the daemon first saw each VM in `Arriving` (for `migration.fallback_s`).
     arriving_seen: std::collections::HashMap<crate::model::VmName, Instant>,
+    /// The MACs of the VMs arriving here: an announcement from any other MAC (every ARP a
+    /// guest sends) is dropped without looking at the state, so a guest flooding ARP costs
+    /// a set lookup per frame.
+    arriving_macs: std::collections::HashSet<crate::model::Mac>,
     /// The next live-migration deadline (fallback or end of the settling window).
     next_migration: Option<Instant>,
     /// The FRR task reports back on this channel.
@@ -193,6 +197,7 @@ impl<K: Kernel> Daemon<K> {
             last_error: None,
             started: Instant::now(),
             arriving_seen: Default::default(),
+            arriving_macs: Default::default(),
             next_migration: None,
         }
     }
@@ -314,6 +319,9 @@ impl<K: Kernel> Daemon<K> {
     /// migration, the guest now runs here, and this host must win (design.md §5).
     /// Returns whether the state dir changed.
     fn announced(&mut self, mac: crate::model::Mac) -> bool {
+        if !self.arriving_macs.contains(&mac) {
+            return false;
+        }
         let Ok(snap) = self.store.load() else { return false };
         let arriving: Vec<_> = snap
             .vms
@@ -345,6 +353,12 @@ impl<K: Kernel> Daemon<K> {
         let mut changed = false;
         let mut retry = false;
         let mut seen = std::mem::take(&mut self.arriving_seen);
+        self.arriving_macs = snap
+            .vms
+            .values()
+            .filter(|v| v.migration == Some(Migration::Arriving))
+            .flat_map(|v| v.nics.iter().map(|n| n.mac))
+            .collect();
         for vm in snap.vms.values() {
             match vm.migration {
                 Some(Migration::Arriving) => {
