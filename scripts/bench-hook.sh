@@ -23,7 +23,9 @@ dual-stack VMs already in the state dir and the kernel (for each size N), times 
     `ip neigh replace ... nud permanent` and `ip route replace ...` per address (4 forks);
     for delete, `ip neigh del` and `ip route del` per address.
 Each is timed as a process from the harness (wall time, fork and exec included), inside the
-namespace. No hvroute daemon runs (the hook never needs one). Percentiles are nearest-rank.
+namespace. Every size runs twice: without a daemon (the hook reads the state dir and programs
+the kernel itself) and with `hvroute daemon` running (the hook hands started and release to
+it, which holds every VM in memory). Percentiles are nearest-rank.
 
 Options (defaults in brackets):
   --sizes N,...   VMs already on the host [10,100,1000]
@@ -89,7 +91,7 @@ cat >"$work/bench.py" <<'PY'
 """Runs inside the namespace: loads N VMs, then times the hook and the shell."""
 import json, os, subprocess, sys, time
 
-hv, cfg, n, samples = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+hv, cfg, n, samples, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 state = os.path.join(os.path.dirname(cfg), "state")
 
 def run(args, stdin=None):
@@ -116,6 +118,15 @@ for i in range(n):
         json.dump({"version": 1, "name": f"load{i}", "nics": [{"mac": mac(i), "addresses": [a, b]}],
                    "source": "cli"}, f)
 run([hv, "--config", cfg, "reconcile"])
+daemon = None
+if mode == "daemon":
+    sock = os.path.join(os.path.dirname(cfg), "hvroute.sock")
+    daemon = subprocess.Popen([hv, "--config", cfg, "daemon"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t = time.time()
+    while not os.path.exists(sock):
+        if time.time() - t > 60 or daemon.poll() is not None:
+            sys.exit("the daemon did not start")
+        time.sleep(0.05)
 
 def xml(name, m, a, b):
     return f"""<domain type='kvm'><name>{name}</name><metadata>
@@ -125,14 +136,17 @@ def xml(name, m, a, b):
 <mac address='{m}'/><source bridge='cloudbr0'/><target dev='vnet{name[2:]}'/></interface></devices></domain>""".encode()
 
 res = {"hook_started": [], "hook_release": [], "shell_add": [], "shell_delete": []}
+# The hook's samples first, then the shell's: the shell's routes are foreign to hvroute, and
+# a running daemon answers each with a pass, which would sit in the hook's way.
 for s in range(samples):
     i = 0x100000 + s
     a, b = addr(i)
-    m = mac(i)
     name = f"vm{s}"
-    doc = xml(name, m, a, b)
+    doc = xml(name, mac(i), a, b)
     res["hook_started"].append(timed([hv, "--config", cfg, "hook", "qemu", name, "started", "begin", "-"], doc))
     res["hook_release"].append(timed([hv, "--config", cfg, "hook", "qemu", name, "release", "end", "-"], doc))
+for s in range(samples):
+    m = mac(0x200000 + s)
     a, b = addr(0x200000 + s)
     add = ["sh", "-c", f"ip neigh replace {a} lladdr {m} dev cloudbr0 nud permanent && ip route replace {a}/128 dev cloudbr0 "
            f"&& ip neigh replace {b} lladdr {m} dev cloudbr0 nud permanent && ip route replace {b}/128 dev cloudbr0"]
@@ -140,13 +154,17 @@ for s in range(samples):
             f"&& ip neigh del {b} dev cloudbr0 && ip route del {b}/128 dev cloudbr0"]
     res["shell_add"].append(timed(add))
     res["shell_delete"].append(timed(dele))
-print(json.dumps({"vms": n, **res}))
+if daemon:
+    daemon.terminate()
+    daemon.wait(timeout=30)
+print(json.dumps({"vms": n, "mode": mode, **res}))
 PY
 
 results="$work/results.jsonl"
 IFS=, read -r -a size_list <<<"$sizes"
-for n in "${size_list[@]}"; do
-    log "$n VMs on the host: $samples samples of each operation"
+for run in "${size_list[@]/%/:none}" "${size_list[@]/%/:daemon}"; do
+    n="${run%%:*}" mode="${run##*:}"
+    log "$n VMs on the host, daemon: $mode: $samples samples of each operation"
     ip netns del "$ns" 2>/dev/null || true
     ip netns add "$ns"
     ip -n "$ns" link set lo up
@@ -164,7 +182,7 @@ router_id = "10.255.0.1"
 [frr]
 enabled = false
 EOF
-    ip netns exec "$ns" python3 "$work/bench.py" "$built_bin" "$work/host/hvroute.toml" "$n" "$samples" >>"$results" \
+    ip netns exec "$ns" python3 "$work/bench.py" "$built_bin" "$work/host/hvroute.toml" "$n" "$samples" "$mode" >>"$results" \
         || die "the run at $n VMs failed"
 done
 
@@ -177,13 +195,13 @@ def pct(xs, p):
 rows = [json.loads(l) for l in open(path)]
 print(f"Run of hvroute {label}: {samples} samples of each operation at each size, load average {load} at the end; "
       f"2 cores, shared. Command: `scripts/bench-hook.sh --sizes {sizes} --samples {samples}`.\n")
-print("| VMs on the host | operation | p50 | p99 | the shell's p50 | the shell's p99 | hook / shell (p50) |")
-print("|---|---|---|---|---|---|---|")
+print("| VMs on the host | daemon | operation | p50 | p99 | the shell's p50 | the shell's p99 | hook / shell (p50) |")
+print("|---|---|---|---|---|---|---|---|")
 for r in rows:
     for op, sh, what in [("hook_started", "shell_add", "`started` (record + 2 routes + 2 neighbours)"),
                          ("hook_release", "shell_delete", "`release` (remove + withdraw)")]:
         h, s = r[op], r[sh]
-        print(f"| {r['vms']:,} | {what} | {pct(h, 50):.1f} ms | {pct(h, 99):.1f} ms | {pct(s, 50):.1f} ms | "
+        print(f"| {r['vms']:,} | {'running' if r['mode'] == 'daemon' else 'none'} | {what} | {pct(h, 50):.1f} ms | {pct(h, 99):.1f} ms | {pct(s, 50):.1f} ms | "
               f"{pct(s, 99):.1f} ms | {pct(h, 50) / pct(s, 50):.1f}x |")
 PY
 )"

@@ -39,6 +39,37 @@ pub enum Request {
     VmDel {
         name: crate::model::VmName,
     },
+    /// The libvirt hook's `started` (and `reconnect`), done by the daemon: it records the
+    /// VM from its own copy of the state and programs the VM's routes and neighbours before
+    /// it answers (src/hook/ops.rs, `started_decision`).
+    HookStarted {
+        name: crate::model::VmName,
+        nics: Vec<crate::model::Nic>,
+    },
+    /// The libvirt hook's `stopped`/`release`: remove the hook's entry and withdraw what no
+    /// other entry wants of its addresses and of ADDRS (read from the domain XML).
+    HookRelease {
+        name: crate::model::VmName,
+        #[serde(default)]
+        addrs: std::collections::BTreeSet<std::net::IpAddr>,
+    },
+}
+
+/// The daemon's answer to `hook_started` and `hook_release`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HookReply {
+    /// Refused: the caller's input (the hook exits 2).
+    #[serde(default)]
+    pub invalid: Option<String>,
+    /// The daemon could not do it (the hook then does it itself).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// For the admin, on the hook's stderr.
+    #[serde(default)]
+    pub warning: Option<String>,
+    /// Why route work waits (the bridge is down).
+    #[serde(default)]
+    pub waiting: Option<String>,
 }
 
 /// The daemon's answer to `vm_add` and `vm_del`.

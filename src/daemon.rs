@@ -135,6 +135,10 @@ enum Waiter {
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// After a hook op handled by the daemon, kernel hints run their pass only this much later,
+/// so that a burst of hooks (libvirt starting 50 VMs) is not slowed by a pass per hook.
+const HOOK_QUIET: Duration = Duration::from_millis(100);
+
 /// How often bgpd's pid file is checked for an FRR restart.
 const FRR_PID_CHECK: Duration = Duration::from_secs(1);
 
@@ -171,6 +175,8 @@ pub struct Daemon<K: Kernel> {
     arriving_macs: std::collections::HashSet<crate::model::Mac>,
     /// The next live-migration deadline (fallback or end of the settling window).
     next_migration: Option<Instant>,
+    /// Until when kernel hints wait, after a hook op handled here ([`HOOK_QUIET`]).
+    hooks_until: Instant,
     /// The FRR task reports back on this channel.
     frr_tx: mpsc::UnboundedSender<Input>,
     frr_rx: Option<mpsc::UnboundedReceiver<Input>>,
@@ -199,6 +205,7 @@ impl<K: Kernel> Daemon<K> {
             arriving_seen: Default::default(),
             arriving_macs: Default::default(),
             next_migration: None,
+            hooks_until: Instant::now(),
         }
     }
 
@@ -313,6 +320,76 @@ impl<K: Kernel> Daemon<K> {
                 f.maybe_start(&self.cfg, &self.frr_tx);
             }
         }
+    }
+
+    /// The libvirt hook's `started` or `release`, handed over by the hook: the same
+    /// decisions as the hook's own path (src/hook/ops.rs), from the state the daemon holds
+    /// in memory, so the hook does not read every state file. The entry is written and this
+    /// VM's routes and neighbours changed (`plan_vm`) under the store's lock before the
+    /// answer, and FRR is told at once; the periodic resync and kernel events cover the rest,
+    /// as for the hook alone.
+    async fn hook_op(&mut self, req: Request) -> anyhow::Result<crate::control::HookReply> {
+        use crate::hook::ops::{addrs_of, started_decision};
+        if !self.taken_over {
+            anyhow::bail!("the daemon has not taken over the bridge yet");
+        }
+        let t0 = Instant::now();
+        let ms = |t: Instant| format!("{:.1}", t.elapsed().as_secs_f64() * 1e3);
+        let lock = self.store.lock()?;
+        let snap = self.store.load()?;
+        let (name, mut addrs, warning, started) = match req {
+            Request::HookStarted { name, nics } => {
+                let existing = snap.vms.get(&name).cloned();
+                let (vm, addrs, warning) = started_decision(&name, &nics, existing.as_deref(), &self.boot_id);
+                if let Some(vm) = vm {
+                    crate::model::check_conflicts(&vm, snap.vms.values().map(|v| &**v), &self.boot_id)?;
+                    if existing.as_deref() != Some(&vm) {
+                        self.store.put(&lock, &vm)?;
+                    }
+                }
+                (name, addrs, warning, true)
+            }
+            Request::HookRelease { name, addrs } => {
+                let mut addrs = addrs;
+                if let Some(own) = snap.vms.get(&name).filter(|e| e.source == crate::model::Source::Hook) {
+                    addrs.extend(addrs_of(own));
+                    self.store.remove(&lock, &name)?;
+                }
+                (name, addrs, None, false)
+            }
+            _ => unreachable!("only hook requests come here"),
+        };
+        let written_ms = ms(t0);
+        self.store.refresh(Some(&[format!("{name}.json")]));
+        let snap = self.store.load()?;
+        let d = crate::plan::Desired::build(&self.cfg, &snap, &self.boot_id);
+        let desired_ms = ms(t0);
+        if !started {
+            addrs.retain(|a| !d.addrs.contains_key(a));
+        }
+        let mut waiting = None;
+        if started || !addrs.is_empty() {
+            let o = self.kernel.observe_addrs(&d, &addrs).await?;
+            let p = crate::plan::plan_vm(&d, &o, &addrs, started, self.cfg.route_protocol);
+            let errors = self.kernel.apply(&p).await;
+            if let Some(first) = errors.first() {
+                anyhow::bail!("{} of {} kernel ops failed; first: {first}", errors.len(), p.ops.len());
+            }
+            waiting = p.waiting;
+        }
+        drop(lock);
+        self.hooks_until = Instant::now() + HOOK_QUIET;
+        // An arriving VM's MAC is watched for from now on; its deadlines are set.
+        self.migration_deadlines(false);
+        if let Some(f) = &mut self.frr {
+            f.want(&self.cfg, &d);
+            f.maybe_start(&self.cfg, &self.frr_tx);
+        }
+        info!(
+            vm = %name, op = if started { "started" } else { "release" }, written_ms, desired_ms, ms = ms(t0),
+            "libvirt hook handled by the daemon"
+        );
+        Ok(crate::control::HookReply { warning, waiting, ..Default::default() })
     }
 
     /// A guest announced itself from MAC: if it belongs to a VM arriving by live
@@ -617,7 +694,11 @@ impl<K: Kernel> Daemon<K> {
                     match input {
                         Input::Hint(Hint(why)) => {
                             tracing::debug!(why, "kernel hint");
-                            due = Some(due.map_or(soon, |d| d.min(soon)));
+                            // Hooks just handled here change the kernel themselves (and
+                            // raise hints doing so): while they come, the pass waits for a
+                            // pause instead of sitting in the next hook's way.
+                            let at = soon.max(self.hooks_until);
+                            due = Some(due.map_or(at, |d| d.min(at)));
                         }
                         Input::StateDirChanged(files) => {
                             // The echo of the daemon's own write changes nothing.
@@ -661,6 +742,17 @@ impl<K: Kernel> Daemon<K> {
                                     let _ = reply.send(serde_json::json!({ key: msg }));
                                 }
                             }
+                        }
+                        Input::Control(req @ (Request::HookStarted { .. } | Request::HookRelease { .. }), reply) => {
+                            let answer = match self.hook_op(req).await {
+                                Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                                Err(e) if e.is::<crate::model::Invalid>() => serde_json::json!({ "invalid": e.to_string() }),
+                                Err(e) => serde_json::json!({ "error": format!("{e:#}") }),
+                            };
+                            let _ = reply.send(answer);
+                            // No pass: plan_vm did this VM's whole kernel work (as the hook
+                            // alone does), FRR is told, and the echo of the write changes
+                            // nothing. A pass here would only delay the next hook.
                         }
                         Input::FrrDone(wanted, r) => self.frr_done(wanted, r),
                         Input::Announce(mac) => {

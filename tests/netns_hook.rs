@@ -393,3 +393,32 @@ fn multi_nic_vm_routes_each_nic_to_its_mac() {
     hook(&lab, "multi", "release", "end", &xml);
     assert!(lab.routes().is_empty() && lab.neighs().is_empty());
 }
+
+/// Prevents: the hook's work, handed to a running daemon (which holds every VM in memory,
+/// so the hook reads no state file), differing from the hook's own: a VM not routed when
+/// `started` returns, a conflict let through, or a release that leaves routes behind.
+#[test]
+fn hooks_handed_to_a_running_daemon_do_what_the_hook_does() {
+    let mut lab = Lab::new("hkdmn");
+    lab.start_daemon(&[]);
+    lab.wait_until(Duration::from_secs(10), "the daemon to bring up cloudbr0", || bridge_up(&lab.hv));
+    let vm1 = lab.vm(1, Some(VM1_4), Some(VM1_6));
+    libvirt_start(&lab, &vm1);
+    assert!(lab.vm_routed(&vm1), "vm1 is not routed when `started` returns\n{}", lab.diagnostics());
+    let entry = read_json(&state_file(&lab, "vm1"));
+    assert_eq!(entry["source"], "hook");
+    let log = || std::fs::read_to_string(&lab.log).unwrap_or_default();
+    assert!(log().contains("libvirt hook handled by the daemon"), "the daemon did not do it:\n{}", log());
+
+    // A second VM claiming vm1's address is refused, through the daemon, with exit 2.
+    let thief = simple_xml("thief", "52:54:00:00:00:66", &[VM1_4], Some("v9p"));
+    let o = hook_in(&lab.hv, &lab.cfg, ["thief", "started", "begin", "-"], &thief);
+    assert_eq!(o.status.code(), Some(2), "{}", show(&o));
+    assert!(stderr(&o).contains("already held by VM vm1"), "{}", show(&o));
+    assert!(!state_file(&lab, "thief").exists());
+
+    libvirt_stop(&lab, &vm1);
+    assert!(lab.vm_unrouted(&vm1), "vm1 is still routed when release returned\n{}", lab.diagnostics());
+    assert!(!state_file(&lab, "vm1").exists());
+    lab.assert_daemon_running();
+}

@@ -27,12 +27,14 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use super::Input;
 use super::domain::{self, HookView};
 use crate::config::Config;
+use crate::control::{self, HookReply, Request};
 use crate::kernel::Kernel;
 use crate::kernel::netlink::Netlink;
 use crate::model::{self, Invalid, Migration, Source, VmName, VmSpec};
@@ -95,7 +97,7 @@ pub(super) fn lock(cfg: &Config) -> Result<Locked> {
     Ok(Locked { store, lock })
 }
 
-pub(super) fn addrs_of(vm: &VmSpec) -> impl Iterator<Item = IpAddr> + '_ {
+pub fn addrs_of(vm: &VmSpec) -> impl Iterator<Item = IpAddr> + '_ {
     vm.addresses().map(|(_, a)| a.0)
 }
 
@@ -169,7 +171,95 @@ pub fn prepare(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Resul
 /// bridge down, which is said on stderr).
 pub fn started(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
     let Some((cfg, name, view)) = managed(cfg, name, input)? else { return Ok(()) };
-    assert_view(&cfg, &name, &view)
+    assert_view_anywhere(&cfg, &name, &view)
+}
+
+/// [`assert_view`] by a running daemon when one answers (it holds every VM in memory, so
+/// the hook reads no state file), else here.
+fn assert_view_anywhere(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
+    let req = Request::HookStarted { name: name.clone(), nics: view.nics.clone() };
+    if via_daemon(cfg, name, req)? {
+        return Ok(());
+    }
+    assert_view(cfg, name, view)
+}
+
+/// How long the hook waits for a daemon's answer before doing the op itself.
+const DAEMON_WAIT: Duration = Duration::from_secs(3);
+
+/// Hands an op to a running daemon. `Ok(true)`: it is done. `Ok(false)`: no daemon
+/// answers, or it could not do it: the caller does it here (every op is idempotent, so a
+/// daemon that died half-way is no harm). A refusal is the daemon's [`Invalid`].
+fn via_daemon(cfg: &Config, name: &VmName, req: Request) -> Result<bool> {
+    let reply = match control::request::<HookReply>(&cfg.socket, req, DAEMON_WAIT) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(false),
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "no answer from the daemon; the hook does it itself");
+            return Ok(false);
+        }
+    };
+    if let Some(w) = &reply.warning {
+        eprintln!("hvroute: warning: {w}");
+    }
+    if let Some(why) = reply.invalid {
+        return Err(Invalid(why).into());
+    }
+    if let Some(e) = reply.error {
+        tracing::debug!(error = %e, "the daemon could not; the hook does it itself");
+        return Ok(false);
+    }
+    warn_waiting(name, reply.waiting);
+    Ok(true)
+}
+
+/// What `started` (and `reconnect`) records for a VM whose domain shows NICS: the hook's
+/// entry (`None` when another source's entry of that name stays as it is), the addresses
+/// to program (the VM's, and those it had), and a warning for the admin. Pure: the hook
+/// and the daemon (when the hook hands `started` to it) decide alike.
+pub fn started_decision(
+    name: &VmName,
+    nics: &[crate::model::Nic],
+    existing: Option<&VmSpec>,
+    boot_id: &str,
+) -> (Option<VmSpec>, BTreeSet<IpAddr>, Option<String>) {
+    let mut addrs: BTreeSet<IpAddr> = nics.iter().flat_map(|n| n.addresses.iter().map(|a| a.0)).collect();
+    match existing {
+        Some(e) if e.source != Source::Hook => {
+            let mine: BTreeSet<IpAddr> = addrs_of(e).collect();
+            let warning = (mine != addrs).then(|| {
+                format!(
+                    "VM {name} is in the state dir from source {} with other addresses; \
+                     the hook leaves that entry as it is and programs what it says",
+                    e.source
+                )
+            });
+            addrs.extend(mine);
+            (None, addrs, warning)
+        }
+        _ => {
+            let migration = match existing {
+                Some(e) if e.boot_id.as_deref() == Some(boot_id) => match e.migration {
+                    Some(Migration::Incoming | Migration::Arriving) => Some(Migration::Arriving),
+                    // Re-asserted (`reconnect`) after the guest arrived: keep its window.
+                    arrived @ Some(Migration::Arrived { .. }) => arrived,
+                    None => None,
+                },
+                _ => None,
+            };
+            let vm = VmSpec {
+                name: name.clone(),
+                nics: nics.to_vec(),
+                source: Source::Hook,
+                boot_id: Some(boot_id.to_owned()),
+                migration,
+            };
+            if let Some(e) = existing {
+                addrs.extend(addrs_of(e));
+            }
+            (Some(vm), addrs, None)
+        }
+    }
 }
 
 fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
@@ -179,42 +269,18 @@ fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
     let mut snap = l.snapshot()?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let existing = snap.vms.get(name).cloned();
-    let mut addrs: BTreeSet<IpAddr> =
-        view.nics.iter().flat_map(|n| n.addresses.iter().map(|a| a.0)).collect();
-    match existing {
-        Some(e) if e.source != Source::Hook => {
-            let mine: BTreeSet<IpAddr> = addrs_of(&e).collect();
-            if mine != addrs {
-                eprintln!(
-                    "hvroute: warning: VM {name} is in the state dir from source {} with other addresses; \
-                     the hook leaves that entry as it is and programs what it says",
-                    e.source
-                );
-            }
-            addrs.extend(mine);
+    let (vm, addrs, warning) = started_decision(name, &view.nics, existing.as_deref(), &boot_id);
+    if let Some(w) = warning {
+        eprintln!("hvroute: warning: {w}");
+    }
+    if let Some(vm) = vm {
+        check(&vm, &snap, &boot_id)?;
+        let t = std::time::Instant::now();
+        if existing.as_deref() != Some(&vm) {
+            l.store.put(&l.lock, &vm)?;
         }
-        _ => {
-            let migration = match &existing {
-                Some(e) if e.boot_id.as_deref() == Some(boot_id.as_str()) => match e.migration {
-                    Some(Migration::Incoming | Migration::Arriving) => Some(Migration::Arriving),
-                    // Re-asserted (`reconnect`) after the guest arrived: keep its window.
-                    arrived @ Some(Migration::Arrived { .. }) => arrived,
-                    None => None,
-                },
-                _ => None,
-            };
-            let vm = entry(name, view, &boot_id, migration);
-            check(&vm, &snap, &boot_id)?;
-            let t = std::time::Instant::now();
-            if existing.as_deref() != Some(&vm) {
-                l.store.put(&l.lock, &vm)?;
-            }
-            tracing::debug!(read_ms, put_ms = t.elapsed().as_secs_f64() * 1e3, "hook store");
-            if let Some(e) = &existing {
-                addrs.extend(addrs_of(e));
-            }
-            snap.vms.insert(name.clone(), Arc::new(vm));
-        }
+        tracing::debug!(read_ms, put_ms = t.elapsed().as_secs_f64() * 1e3, "hook store");
+        snap.vms.insert(name.clone(), Arc::new(vm));
     }
     let t = std::time::Instant::now();
     let d = Desired::build(cfg, &snap, &boot_id);
@@ -229,7 +295,7 @@ fn assert_view(cfg: &Config, name: &VmName, view: &HookView) -> Result<()> {
 pub fn reconnect(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Result<()> {
     let problem = match managed(cfg.clone(), name, input) {
         Ok(None) => return Ok(()),
-        Ok(Some((cfg, name, view))) => return assert_view(&cfg, &name, &view),
+        Ok(Some((cfg, name, view))) => return assert_view_anywhere(&cfg, &name, &view),
         Err(e) => e,
     };
     let (Ok(cfg), Ok(vm_name)) = (cfg, name.parse::<VmName>()) else { return Err(problem) };
@@ -258,6 +324,9 @@ pub fn release(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Resul
         Err(_) if dom.as_ref().is_some_and(|d| !d.is_managed()) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    if via_daemon(&cfg, &name, Request::HookRelease { name: name.clone(), addrs: from_xml.clone() })? {
+        return Ok(());
+    }
     let boot_id = cfg.boot_id();
     let l = lock(&cfg)?;
     let mut addrs = from_xml;

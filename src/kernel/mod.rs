@@ -35,6 +35,16 @@ impl std::fmt::Display for OpError {
 pub trait Kernel {
     /// Reads the current state of what `desired` describes.
     async fn observe(&mut self, desired: &Desired) -> anyhow::Result<Observed>;
+    /// What [`crate::plan::plan_vm`] needs for these addresses: the bridge, and the owned
+    /// routes and neighbours of `addrs` (at least). By default, everything.
+    async fn observe_addrs(
+        &mut self,
+        desired: &Desired,
+        addrs: &std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> anyhow::Result<Observed> {
+        let _ = addrs;
+        self.observe(desired).await
+    }
     /// Executes the plan in order (bridge first, then deletions, then additions) and
     /// returns the ops that failed.
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError>;

@@ -491,6 +491,10 @@ fn link_kind(l: &LinkMessage) -> Option<&InfoKind> {
 }
 
 impl Kernel for Netlink {
+    async fn observe_addrs(&mut self, desired: &Desired, addrs: &BTreeSet<IpAddr>) -> Result<Observed> {
+        self.observe_for_vm(desired, addrs).await
+    }
+
     async fn observe(&mut self, desired: &Desired) -> Result<Observed> {
         let bridge = self.observe_bridge().await?;
         let sysctls = desired
