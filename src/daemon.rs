@@ -752,7 +752,11 @@ impl<K: Kernel> Daemon<K> {
                             let _ = reply.send(answer);
                             // No pass: plan_vm did this VM's whole kernel work (as the hook
                             // alone does), FRR is told, and the echo of the write changes
-                            // nothing. A pass here would only delay the next hook.
+                            // nothing. A pass that hints have made due waits for the burst of
+                            // hooks to pause, unless someone waits for it.
+                            if waiters.is_empty() {
+                                due = due.map(|d| d.max(self.hooks_until));
+                            }
                         }
                         Input::FrrDone(wanted, r) => self.frr_done(wanted, r),
                         Input::Announce(mac) => {
