@@ -537,6 +537,41 @@ end
         Wanted::build(c, &d)
     }
 
+    /// Prevents: after a host reboot, a hook entry of the old boot being advertised (the VM
+    /// may run on another host now) before a hook re-asserts it: a parked entry has no
+    /// `network` line, while an admin's (`vm add`) entry keeps its own.
+    #[test]
+    fn parked_entries_are_not_advertised() {
+        use crate::model::{Nic, Source, VmSpec};
+        let c = cfg();
+        let vm = |name: &str, ip: &str, source, boot: Option<&str>| VmSpec {
+            name: name.parse().unwrap(),
+            nics: vec![Nic {
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+                addresses: [ip.parse().unwrap()].into(),
+                port: None,
+            }],
+            source,
+            boot_id: boot.map(str::to_owned),
+            migration: None,
+        };
+        let snap = crate::store::Snapshot {
+            vms: [
+                vm("old", "192.0.2.1", Source::Hook, Some("boot-1")),
+                vm("admin", "192.0.2.2", Source::Cli, None),
+            ]
+            .into_iter()
+            .map(|v| (v.name.clone(), std::sync::Arc::new(v)))
+            .collect(),
+            errors: Default::default(),
+        };
+        let d = crate::plan::Desired::build(&c, &snap, "boot-2");
+        let w = Wanted::build(&c, &d);
+        let lines: Vec<String> = w.networks.keys().filter(|n| owns(&c, n)).map(|n| n.to_string()).collect();
+        assert!(lines.contains(&"192.0.2.2/32".to_string()), "{lines:?}");
+        assert!(!lines.contains(&"192.0.2.1/32".to_string()), "a parked entry is advertised: {lines:?}");
+    }
+
     /// A migrating VM's lines carry its preference; the rest the baseline.
     #[test]
     fn migration_preference_picks_the_route_map() {
