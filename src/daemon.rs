@@ -369,12 +369,8 @@ impl<K: Kernel> Daemon<K> {
         }
         let mut waiting = None;
         if started || !addrs.is_empty() {
-            let o = self.kernel.observe_addrs(&d, &addrs).await?;
-            let p = crate::plan::plan_vm(&d, &o, &addrs, started, self.cfg.route_protocol);
-            let errors = self.kernel.apply(&p).await;
-            if let Some(first) = errors.first() {
-                anyhow::bail!("{} of {} kernel ops failed; first: {first}", errors.len(), p.ops.len());
-            }
+            let p =
+                reconcile::vm_pass(&mut self.kernel, &d, &addrs, started, self.cfg.route_protocol).await?;
             waiting = p.waiting;
         }
         drop(lock);

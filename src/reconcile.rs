@@ -1,9 +1,11 @@
 //! One reconcile pass: read the store, observe the kernel, plan, apply.
 //!
-//! Contract: the pass is the only code path that changes the kernel. The daemon, the
-//! `reconcile` command and (later) the hook are shells around it. A pass re-reads
-//! everything (level-triggered); it never trusts what an event said. It takes the
-//! kernel as a [`Kernel`] so loop tests can run it against the fake.
+//! Contract: [`pass`] (everything) and [`vm_pass`] (one VM's addresses) are the code paths
+//! that plan kernel changes from observation. The daemon, the `reconcile` command and the
+//! libvirt hook are shells around them; the daemon's quick additions
+//! ([`plan::quick_adds`], [`plan::additions`]) only add what the next pass would. A pass
+//! re-reads everything (level-triggered); it never trusts what an event said. Both take the
+//! kernel as a [`Kernel`] so loop tests can run them against the fake.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -199,4 +201,28 @@ pub async fn pass_with<K: Kernel>(
         desired: Some(desired.clone()),
         timings: Timings { read_ms, quick_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
     })
+}
+
+/// The pass for one VM's addresses (the libvirt hook's `started` and `release`, in the hook
+/// itself or handed to the daemon): observe `addrs` only ([`Kernel::observe_addrs`]), plan
+/// with [`plan::plan_vm`], apply. Fails when any op fails; returns the plan (why route work
+/// waits, deletions held back).
+pub async fn vm_pass<K: Kernel>(
+    kernel: &mut K,
+    desired: &Desired,
+    addrs: &std::collections::BTreeSet<std::net::IpAddr>,
+    create_bridge: bool,
+    proto: u8,
+) -> anyhow::Result<Plan> {
+    let t = Instant::now();
+    let o = kernel.observe_addrs(desired, addrs).await?;
+    let p = plan::plan_vm(desired, &o, addrs, create_bridge, proto);
+    tracing::debug!(observe_ms = ms(t), ops = p.ops.len(), "plan for one VM");
+    if !p.is_empty() {
+        let errors = kernel.apply(&p).await;
+        if let Some(first) = errors.first() {
+            anyhow::bail!("{} of {} kernel ops failed; first: {first}", errors.len(), p.ops.len());
+        }
+    }
+    Ok(p)
 }

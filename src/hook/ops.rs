@@ -8,7 +8,7 @@
 //! - The hook owns only entries with source `hook`. An entry of the same name from `vm
 //!   add` (source `cli`, admin intent) or the shim is never rewritten or removed; its
 //!   addresses are what the hook programs and keeps.
-//! - Kernel changes go through [`plan::plan_vm`]: only this VM's addresses (those it has
+//! - Kernel changes go through [`crate::plan::plan_vm`] (through [`crate::reconcile::vm_pass`]): only this VM's addresses (those it has
 //!   and those it had), and a missing bridge at `prepare` and `started`. Deletions are of
 //!   owned objects that no entry in the store wants any more.
 //! - Refusals are [`Invalid`] (exit 2); everything else is a runtime failure (exit 1).
@@ -35,10 +35,9 @@ use super::Input;
 use super::domain::{self, HookView};
 use crate::config::Config;
 use crate::control::{self, HookReply, Request};
-use crate::kernel::Kernel;
 use crate::kernel::netlink::Netlink;
 use crate::model::{self, Invalid, Migration, Source, VmName, VmSpec};
-use crate::plan::{self, Desired};
+use crate::plan::Desired;
 use crate::store::{Snapshot, Store, WriteLock};
 
 /// The domain, when hvroute has something to do with it, with the configuration and
@@ -124,23 +123,13 @@ pub(super) fn program(
         .build()
         .context("cannot start the runtime")?;
     rt.block_on(async {
-        let t = std::time::Instant::now();
         let mut k = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
-        let o = k.observe_for_vm(d, addrs).await?;
-        let observe_ms = t.elapsed().as_secs_f64() * 1e3;
-        let p = plan::plan_vm(d, &o, addrs, create_bridge, cfg.route_protocol);
-        tracing::debug!(observe_ms, ops = p.ops.len(), "hook plan");
+        let p = crate::reconcile::vm_pass(&mut k, d, addrs, create_bridge, cfg.route_protocol).await?;
         if p.held_deletions > 0 {
             eprintln!(
                 "hvroute: warning: {} deletions held back: a state file is unreadable (see `hvroute status`)",
                 p.held_deletions
             );
-        }
-        if !p.is_empty() {
-            let errors = k.apply(&p).await;
-            if let Some(first) = errors.first() {
-                anyhow::bail!("{} of {} kernel ops failed; first: {first}", errors.len(), p.ops.len());
-            }
         }
         Ok(p.waiting)
     })
