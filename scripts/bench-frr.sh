@@ -663,7 +663,7 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
-def report(results, meta_json, write_doc):
+def report(results, meta_json):
     recs = [json.loads(l) for l in open(results) if l.strip()]
     meta = json.loads(meta_json)
     out = []
@@ -815,17 +815,6 @@ def report(results, meta_json, write_doc):
         w("Costs of FRR's own tools in the same run: " + "; ".join(parts) + ".")
     block = "\n".join(out).rstrip() + "\n"
     print(block)
-    if write_doc:
-        text = open(write_doc).read()
-        b, e = "<!-- bench-frr:begin -->", "<!-- bench-frr:end -->"
-        if b not in text or e not in text or text.index(b) > text.index(e):
-            sys.exit(f"{write_doc} has no {b} ... {e} block to replace")
-        head, rest = text.split(b, 1)
-        _, tail = rest.split(e, 1)
-        with open(write_doc + ".tmp", "w") as f:
-            f.write(head + b + "\n" + block + e + tail)
-        os.replace(write_doc + ".tmp", write_doc)
-        print(f"updated {write_doc}", file=sys.stderr)
 
 
 if __name__ == "__main__":
@@ -1221,8 +1210,8 @@ print(json.dumps(d))' "$(date -u +%Y-%m-%d)" "$(nproc) cores, shared" "$(uname -
 
 log "results"
 echo
-doc_arg=""
+block="$(python3 "$py" report "$results" "$meta")" || die "the report failed."
+printf '%s\n' "$block"
 if [[ -n "$write" ]]; then
-    doc_arg="$repo_root/$doc_file"
+    write_doc_block bench-frr "$block"
 fi
-python3 "$py" report "$results" "$meta" "$doc_arg"

@@ -266,7 +266,7 @@ build_hvroute() {
 write_doc_block() {
     local name="$1" text="$2"
     python3 - "$repo_root/docs/benchmarks.md" "$name" "$text" <<'PY' || die "cannot update docs/benchmarks.md"
-import sys
+import os, sys
 path, name, block = sys.argv[1:4]
 text = open(path).read()
 begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
@@ -274,7 +274,9 @@ if begin not in text or end not in text:
     sys.exit(f"{path} has no {begin} ... {end} block")
 head, rest = text.split(begin, 1)
 _, tail = rest.split(end, 1)
-open(path, "w").write(f"{head}{begin}\n{block}\n{end}{tail}")
+with open(path + ".tmp", "w") as f:
+    f.write(f"{head}{begin}\n{block}\n{end}{tail}")
+os.replace(path + ".tmp", path)
 PY
     log "docs/benchmarks.md updated"
 }
