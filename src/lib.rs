@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod configdrive;
 pub mod control;
 pub mod daemon;
 pub mod frr;
