@@ -31,7 +31,8 @@ Examples:
   hvroute vm add db1 --nic mac=52:54:00:00:00:01,ip=192.0.2.30 --nic mac=52:54:00:00:00:02,ip=2001:db8:103::7
   hvroute reconcile --dry-run     show what a pass would change
   hvroute status                  desired state against the kernel
-  hvroute hook install            let libvirt's qemu hook route every VM with hvroute metadata";
+  hvroute hook install            let libvirt's qemu hook route every VM with hvroute metadata
+  hvroute configdrive build --name web1 --mac 52:54:00:12:34:56 --ip 192.0.2.29 --out web1.iso";
 
 #[derive(Parser)]
 #[command(
@@ -87,6 +88,10 @@ pub enum Cmd {
     /// over (docs/cloudstack.md).
     #[command(subcommand)]
     Shim(crate::hook::shim::ShimCmd),
+    /// Build and read the ConfigDrives that configure routed guests (docs/configdrive.md).
+    /// Needs no config file and no daemon.
+    #[command(subcommand, name = "configdrive")]
+    Configdrive(crate::configdrive::cmd::ConfigDriveCmd),
 }
 
 #[derive(Subcommand)]
@@ -193,6 +198,8 @@ pub fn run(cli: Cli) -> Result<()> {
     // nothing for hvroute.
     let cmd = match cli.cmd {
         Cmd::Hook(h) => return crate::hook::run(&cli.config, h),
+        // A drive is built anywhere, from its flags alone.
+        Cmd::Configdrive(c) => return crate::configdrive::cmd::run(c),
         cmd => cmd,
     };
     let cfg = Config::load(&cli.config)?;
@@ -213,7 +220,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Frr(FrrCmd::Render) => cmd_frr_render(&cfg),
         Cmd::Frr(FrrCmd::Bootstrap { write }) => cmd_frr_bootstrap(&cfg, write),
         Cmd::Shim(s) => crate::hook::shim::run(&cfg, s),
-        Cmd::Hook(_) => unreachable!("handled above"),
+        Cmd::Hook(_) | Cmd::Configdrive(_) => unreachable!("handled above"),
     }
 }
 

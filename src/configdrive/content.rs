@@ -13,3 +13,18 @@ pub fn files(_seed: &Seed, _flavor: Flavor) -> Vec<DriveFile> {
 pub fn parse_network_data(_bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
     Err(Invalid("reading network_data.json is not built yet".into()))
 }
+
+/// Where an openstack drive keeps its network description.
+pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
+/// Where a nocloud drive keeps its network description.
+pub const NETWORK_CONFIG: &str = "network-config";
+
+/// placeholder
+pub fn uuid_for(_name: &crate::model::VmName) -> String {
+    String::new()
+}
+
+/// placeholder
+pub fn parse_network_config(_bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
+    Err(Invalid("not built yet".into()))
+}

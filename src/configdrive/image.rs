@@ -28,3 +28,15 @@ pub fn write(_format: Format, _label: &str, _files: &[DriveFile]) -> Result<Vec<
 pub fn read(_bytes: &[u8]) -> Result<Image, ImageError> {
     Err(ImageError::Bad("reading images is not built yet".into()))
 }
+
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
+
+/// placeholder
+pub fn read_path(_p: &std::path::Path) -> Result<Image, ImageError> {
+    Err(ImageError::Bad("not built yet".into()))
+}
+
+/// placeholder
+pub fn probe_label(_p: &std::path::Path) -> Result<Option<String>, ImageError> {
+    Ok(None)
+}

@@ -14,6 +14,7 @@
 //! (`hvroute configdrive build|show`) and the hook's fallback for NICs without metadata are
 //! the shells around it.
 
+pub mod cmd;
 pub mod content;
 pub mod image;
 
@@ -103,4 +104,27 @@ pub struct DriveNic {
     /// The default gateways the drive gives this NIC (169.254.0.1, fe80::1 for hvroute's
     /// drives), in the drive's order.
     pub gateways: Vec<IpAddr>,
+}
+
+/// The most bytes of a drive image that [`network_of`] reads: a `config-2` drive is small,
+/// and anything bigger (an installer ISO in the same cdrom slot) is not one.
+pub const MAX_PROBE_BYTES: u64 = image::MAX_IMAGE_BYTES;
+
+/// What the `config-2` drive at `path` says of the guest's NICs, for the hook's fallback:
+/// `Ok(None)` when the file is not a `config-2` drive (another cdrom: an installer, a
+/// `cidata` drive), `Err` when it is one but cannot be read. Untrusted input: bounded in
+/// size, never a panic.
+pub fn network_of(path: &std::path::Path) -> anyhow::Result<Option<Vec<DriveNic>>> {
+    use anyhow::Context;
+    match image::probe_label(path)? {
+        Some(label) if label.eq_ignore_ascii_case(Flavor::OpenStack.label()) => {}
+        _ => return Ok(None),
+    }
+    let img = image::read_path(path)?;
+    let file = img
+        .files
+        .iter()
+        .find(|f| f.path == content::NETWORK_DATA)
+        .with_context(|| format!("the drive has no {}", content::NETWORK_DATA))?;
+    Ok(Some(content::parse_network_data(&file.data)?))
 }

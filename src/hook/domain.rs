@@ -7,7 +7,7 @@
 //! - the `urn:hvroute:metadata:1` element inside `<metadata>` (design.md §4), matched by
 //!   namespace whatever its prefix, strictly: a bad MAC or address, an unknown element or
 //!   attribute, or a second `vm` element is an [`Invalid`] naming it;
-//! - the file of each cdrom disk, for the ConfigDrive fallback (not read yet, see below).
+//! - the file of each cdrom disk, for the ConfigDrive fallback.
 //!
 //! [`spec`] then joins the metadata with the domain's `type='bridge'` interfaces on the
 //! managed bridge and returns validated [`Nic`]s (MAC, host addresses checked against the
@@ -18,15 +18,16 @@
 //! DTDs are refused (no entity expansion) and the node count is capped; the caller caps
 //! the bytes it reads.
 //!
-//! Extension point, ConfigDrive (design.md §4): a NIC on the managed bridge that the
-//! metadata does not name comes back in [`HookView::unaddressed`], next to the cdrom files
-//! in [`HookView::cdroms`]. Reading `network_data.json` from a `config-2` drive for those
-//! NICs belongs to a later issue; until then they are left to the other sources (`vm add`,
-//! the CloudStack shim).
+//! ConfigDrive fallback (design.md §4): [`spec_with_drive`] takes the NICs that the
+//! domain's `config-2` drive describes (read by the caller, `hook::ops`, from the files in
+//! [`Domain::cdroms`]) for the NICs on the managed bridge that the metadata does not name.
+//! What neither names comes back in [`HookView::unaddressed`], left to the other sources
+//! (`vm add`, the CloudStack shim).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
+use crate::configdrive::DriveNic;
 use crate::model::{self, HostAddr, IfName, Invalid, Mac, Nic, VmName};
 
 /// The metadata namespace, version 1.
@@ -68,13 +69,15 @@ pub struct Domain {
 }
 
 /// The VM's NICs as hvroute routes them, from [`spec`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HookView {
     /// Named by the metadata, in the domain's interface order (the first is the primary).
     pub nics: Vec<Nic>,
-    /// NICs on the managed bridge that the metadata does not name: the ConfigDrive
-    /// fallback's job (not built yet).
+    /// NICs on the managed bridge that neither the metadata nor the ConfigDrive names:
+    /// left to the other sources (`hvroute vm add`, the CloudStack shim).
     pub unaddressed: Vec<Mac>,
+    /// The NICs whose addresses came from the ConfigDrive.
+    pub from_drive: BTreeSet<Mac>,
     pub cdroms: Vec<String>,
 }
 
@@ -228,11 +231,28 @@ impl Domain {
 /// Joins the metadata with the domain's interfaces on the managed bridge, for VM `name`.
 /// `Ok(None)`: the domain has nothing for hvroute. Every refusal names the bad value.
 pub fn spec(d: &Domain, name: &VmName, cfg: &Config) -> Result<Option<HookView>, Invalid> {
-    let Some(meta) = &d.metadata else { return Ok(None) };
+    spec_with_drive(d, name, cfg, &[])
+}
+
+/// As [`spec`], with the NICs that the domain's `config-2` ConfigDrive describes
+/// (design.md §4): a NIC on the managed bridge that the metadata does not name takes its
+/// addresses from the drive. The drive's NICs that the domain does not have on the managed
+/// bridge are ignored (a drive describes every NIC of the guest). Addresses from the drive
+/// pass the same checks as the metadata's.
+pub fn spec_with_drive(
+    d: &Domain,
+    name: &VmName,
+    cfg: &Config,
+    drive: &[DriveNic],
+) -> Result<Option<HookView>, Invalid> {
+    if d.metadata.is_none() && drive.is_empty() {
+        return Ok(None);
+    }
+    let meta: &[MetaNic] = d.metadata.as_deref().unwrap_or(&[]);
     if d.name != name.as_str() {
         return bad(format!("the domain XML on stdin is for VM {:?}, not {name}", d.name));
     }
-    if meta.is_empty() {
+    if d.metadata.is_some() && meta.is_empty() {
         return bad(
             "the hvroute metadata names no interface; give <hvroute:interface mac=...> with its addresses",
         );
@@ -297,6 +317,29 @@ pub fn spec(d: &Domain, name: &VmName, cfg: &Config) -> Result<Option<HookView>,
         }
         wanted.insert(m.mac, m.addresses.iter().copied().collect());
     }
+    // The drive fills in what the metadata leaves: its NICs on the managed bridge.
+    let mut from_drive: BTreeSet<Mac> = BTreeSet::new();
+    for n in drive {
+        if wanted.contains_key(&n.mac) || !on_bridge.iter().any(|(mac, _)| *mac == n.mac) {
+            continue;
+        }
+        if n.addresses.is_empty() {
+            continue;
+        }
+        for a in &n.addresses {
+            if let Some(first) = seen.insert(*a, n.mac) {
+                return bad(if first == n.mac {
+                    format!("the ConfigDrive gives address {a} twice for MAC {}", n.mac)
+                } else {
+                    format!("the ConfigDrive gives MAC {} address {a}, which MAC {first} already has", n.mac)
+                });
+            }
+            model::check_addr(cfg, *a)
+                .map_err(|e| Invalid(format!("the ConfigDrive for MAC {}: {}", n.mac, e.0)))?;
+        }
+        wanted.insert(n.mac, n.addresses.iter().copied().collect());
+        from_drive.insert(n.mac);
+    }
     let mut nics = Vec::new();
     let mut unaddressed = Vec::new();
     for (mac, port) in on_bridge {
@@ -307,7 +350,11 @@ pub fn spec(d: &Domain, name: &VmName, cfg: &Config) -> Result<Option<HookView>,
             None => unaddressed.push(mac),
         }
     }
-    Ok(Some(HookView { nics, unaddressed, cdroms: d.cdroms.clone() }))
+    if nics.is_empty() {
+        // No metadata, and the drive names no NIC on the managed bridge.
+        return Ok(None);
+    }
+    Ok(Some(HookView { nics, unaddressed, from_drive, cdroms: d.cdroms.clone() }))
 }
 
 #[cfg(test)]
@@ -430,7 +477,7 @@ mod tests {
     }
 
     /// Prevents: a NIC on cloudbr0 without metadata being silently dropped; it is handed
-    /// to the (future) ConfigDrive fallback with the cdrom files.
+    /// to the ConfigDrive fallback with the cdrom files.
     #[test]
     fn unnamed_nics_on_the_bridge_are_left_for_the_configdrive() {
         let xml = domain(
@@ -552,5 +599,108 @@ mod tests {
         let e = parse(&huge).unwrap_err().0;
         assert!(e.contains("not well-formed"), "{e}");
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    fn drive_nic(mac: &str, addrs: &[&str]) -> DriveNic {
+        DriveNic {
+            mac: mac.parse().unwrap(),
+            mtu: Some(1500),
+            addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            gateways: Vec::new(),
+        }
+    }
+
+    fn with_drive(xml: &str, drive: &[DriveNic]) -> Result<Option<HookView>, Invalid> {
+        spec_with_drive(&parse(xml)?, &name(), &cfg(), drive)
+    }
+
+    const CDROM: &str = "<disk type='file' device='cdrom'><source file='/var/lib/cd/web1.iso'/></disk>";
+
+    /// Prevents: a CloudStack VM whose only source of addresses is its config-2 drive
+    /// (no hvroute metadata) staying unrouted.
+    #[test]
+    fn a_drive_alone_addresses_the_nics_on_the_bridge() {
+        let xml = domain(
+            None,
+            &format!(
+                "{}{}{CDROM}",
+                nic("52:54:00:00:00:01", "cloudbr0", Some("vnet3")),
+                nic("52:54:00:00:00:09", "storage0", None)
+            ),
+        );
+        let drive = [
+            drive_nic("52:54:00:00:00:01", &["192.0.2.29", "2001:db8:103::100"]),
+            // The drive describes every NIC; the storage NIC is not hvroute's.
+            drive_nic("52:54:00:00:00:09", &["192.0.2.99"]),
+        ];
+        let v = with_drive(&xml, &drive).unwrap().unwrap();
+        assert_eq!(v.nics.len(), 1);
+        assert_eq!(v.nics[0].mac, "52:54:00:00:00:01".parse().unwrap());
+        assert_eq!(v.nics[0].port.as_ref().map(|p| p.as_str()), Some("vnet3"));
+        let addrs: Vec<String> = v.nics[0].addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["192.0.2.29", "2001:db8:103::100"]);
+        assert!(v.unaddressed.is_empty());
+        assert!(v.from_drive.contains(&"52:54:00:00:00:01".parse().unwrap()));
+        // Without the drive the same domain has nothing for hvroute.
+        assert_eq!(view(&xml).unwrap(), None);
+        // A drive that names no NIC on the bridge leaves it so.
+        assert_eq!(with_drive(&xml, &drive[1..]).unwrap(), None);
+    }
+
+    /// Prevents: the drive overriding what the admin put in the metadata, or a NIC that
+    /// only the drive names being left out when the metadata names another.
+    #[test]
+    fn metadata_wins_and_the_drive_fills_in() {
+        let xml = domain(
+            Some(&meta_nic("52:54:00:00:00:01", &["192.0.2.10"])),
+            &format!(
+                "{}{}{CDROM}",
+                nic("52:54:00:00:00:01", "cloudbr0", None),
+                nic("52:54:00:00:00:02", "cloudbr0", None)
+            ),
+        );
+        let drive = [
+            drive_nic("52:54:00:00:00:01", &["192.0.2.11"]),
+            drive_nic("52:54:00:00:00:02", &["192.0.2.20"]),
+        ];
+        let v = with_drive(&xml, &drive).unwrap().unwrap();
+        let got: Vec<(String, Vec<String>)> = v
+            .nics
+            .iter()
+            .map(|n| (n.mac.to_string(), n.addresses.iter().map(|a| a.to_string()).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("52:54:00:00:00:01".to_string(), vec!["192.0.2.10".to_string()]),
+                ("52:54:00:00:00:02".to_string(), vec!["192.0.2.20".to_string()]),
+            ]
+        );
+        assert_eq!(v.from_drive.len(), 1);
+    }
+
+    /// Prevents: a drive (untrusted input) routing an address outside the pools, or one
+    /// that another NIC of the VM already has.
+    #[test]
+    fn drive_addresses_pass_the_metadata_checks() {
+        let xml = domain(None, &format!("{}{CDROM}", nic("52:54:00:00:00:01", "cloudbr0", None)));
+        let e = with_drive(&xml, &[drive_nic("52:54:00:00:00:01", &["203.0.113.5"])]).unwrap_err().0;
+        assert!(
+            e.contains("ConfigDrive") && e.contains("52:54:00:00:00:01") && e.contains("203.0.113.5"),
+            "{e}"
+        );
+        let xml = domain(
+            Some(&meta_nic("52:54:00:00:00:01", &["192.0.2.10"])),
+            &format!(
+                "{}{}{CDROM}",
+                nic("52:54:00:00:00:01", "cloudbr0", None),
+                nic("52:54:00:00:00:02", "cloudbr0", None)
+            ),
+        );
+        let e = with_drive(&xml, &[drive_nic("52:54:00:00:00:02", &["192.0.2.10"])]).unwrap_err().0;
+        assert!(e.contains("192.0.2.10") && e.contains("52:54:00:00:00:01"), "{e}");
+        // The domain's name is checked as with metadata.
+        let other = xml.replace("<name>web1</name>", "<name>web2</name>");
+        assert!(with_drive(&other, &[drive_nic("52:54:00:00:00:02", &["192.0.2.20"])]).is_err());
     }
 }

@@ -37,8 +37,13 @@
 //! ([`Migration`](crate::model::Migration)); the daemon advertises it de-preferred until
 //! the guest announces itself here (src/daemon.rs, src/kernel/announce.rs).
 //!
-//! Extension points: the ConfigDrive fallback plugs in at [`domain::HookView::unaddressed`];
-//! the CloudStack shim's merge by (bridge, MAC) plugs in at [`ops`].
+//! ConfigDrive fallback (design.md §4): a NIC on the managed bridge that the metadata does
+//! not name takes its addresses from the domain's `config-2` cdrom, read with
+//! [`crate::configdrive::network_of`] (untrusted input, bounded) and joined by
+//! [`domain::spec_with_drive`]. A domain with no metadata and such a drive is managed. A
+//! drive that cannot be read is logged, and its NICs are left to the other sources.
+//!
+//! Extension point: the CloudStack shim's merge by (bridge, MAC) plugs in at [`ops`].
 
 pub mod domain;
 pub mod install;

@@ -34,6 +34,7 @@ use anyhow::{Context, Result};
 use super::Input;
 use super::domain::{self, HookView};
 use crate::config::Config;
+use crate::configdrive::{self, DriveNic};
 use crate::control::{self, HookReply, Request};
 use crate::kernel::netlink::Netlink;
 use crate::model::{self, Invalid, Migration, Source, VmName, VmSpec};
@@ -43,27 +44,69 @@ use crate::store::{Snapshot, Store, WriteLock};
 /// The domain, when hvroute has something to do with it, with the configuration and
 /// the validated name. The configuration is needed only then: a broken config file
 /// never stops a VM that has nothing for hvroute.
+///
+/// A NIC on the managed bridge that the metadata does not name takes its addresses from
+/// the domain's `config-2` ConfigDrive (design.md §4). Drives are read only when such a
+/// NIC exists; a cdrom that is not a ConfigDrive is passed over quietly, and a ConfigDrive
+/// that cannot be read is logged and its NICs are left to the other sources.
 fn managed(
     cfg: Result<Config, Invalid>,
     name: &str,
     input: &Input,
 ) -> Result<Option<(Config, VmName, HookView)>> {
     let dom = domain::parse(input.xml()?)?;
-    if !dom.is_managed() {
+    if !dom.is_managed() && dom.cdroms.is_empty() {
         return Ok(None);
     }
-    let cfg = cfg?;
+    let cfg = match cfg {
+        Ok(c) => c,
+        Err(e) if !dom.is_managed() => {
+            // Only a cdrom, which may be a ConfigDrive: never stop a VM over a broken
+            // config unless its XML names hvroute.
+            eprintln!("hvroute: warning: VM {name}: its ConfigDrive is not read: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let name: VmName = name.parse()?;
-    let Some(view) = domain::spec(&dom, &name, &cfg)? else { return Ok(None) };
+    let mut view = domain::spec(&dom, &name, &cfg)?;
+    let unnamed = match &view {
+        None => true,
+        Some(v) => !v.unaddressed.is_empty(),
+    };
+    if unnamed && !dom.cdroms.is_empty() {
+        let drive = drive_nics(&name, &dom.cdroms);
+        if !drive.is_empty() {
+            view = domain::spec_with_drive(&dom, &name, &cfg, &drive)?;
+        }
+    }
+    let Some(view) = view else { return Ok(None) };
     for mac in &view.unaddressed {
-        // ConfigDrive fallback (design.md §4): not built yet.
         eprintln!(
-            "hvroute: warning: VM {name}: the NIC with MAC {mac} on {} has no hvroute metadata; \
-             reading its ConfigDrive is not built yet, so it is left to `hvroute vm add` or the CloudStack shim",
+            "hvroute: warning: VM {name}: the NIC with MAC {mac} on {} has no hvroute metadata and no \
+             address on a ConfigDrive, so it is left to `hvroute vm add` or the CloudStack shim",
             cfg.bridge.name
         );
     }
     Ok(Some((cfg, name, view)))
+}
+
+/// The NICs of the first `config-2` drive among the domain's cdroms; empty when there is
+/// none or it cannot be read (logged).
+fn drive_nics(name: &VmName, cdroms: &[String]) -> Vec<DriveNic> {
+    for path in cdroms {
+        match configdrive::network_of(std::path::Path::new(path)) {
+            Ok(None) => continue,
+            Ok(Some(nics)) => return nics,
+            Err(e) => {
+                eprintln!(
+                    "hvroute: warning: VM {name}: ConfigDrive {path}: {e:#}; its NICs are left to the other sources"
+                );
+                return Vec::new();
+            }
+        }
+    }
+    Vec::new()
 }
 
 /// The entry the hook records for this VM now.
@@ -293,7 +336,7 @@ pub fn reconnect(cfg: Result<Config, Invalid>, name: &str, input: &Input) -> Res
         return Err(problem);
     };
     eprintln!("hvroute: warning: VM {vm_name}: {problem:#}; re-asserting its recorded entry instead");
-    let view = HookView { nics: e.nics.clone(), unaddressed: Vec::new(), cdroms: Vec::new() };
+    let view = HookView { nics: e.nics.clone(), ..HookView::default() };
     assert_view(&cfg, &vm_name, &view)
 }
 
