@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::libvirt::{Libvirt, domain, hvroute_metadata};
+use common::libvirt::{Libvirt, cdrom, domain, domain_with, hvroute_metadata};
 use common::*;
 
 const MAC1: &str = "52:54:00:00:00:51";
@@ -224,4 +224,100 @@ fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
         f.diagnostics()
     );
     eprintln!("virsh destroy returned; the spine dropped both prefixes {:?} later", t.elapsed());
+}
+
+/// Prevents: a VM that carries only a ConfigDrive (CloudStack's routed guests, no hvroute
+/// metadata) staying unrouted and unadvertised; or the hook reading any cdrom as a drive:
+/// an unrelated cdrom image leaves a domain alone. The drive is built by `hvroute
+/// configdrive build`, attached as a cdrom, and read by the hook that real libvirt runs.
+#[test]
+fn a_domain_with_only_a_configdrive_reaches_the_spine() {
+    use common::fabric::{Fabric, HvSpec, Peering, rib_from};
+    let _one = one_libvirt();
+    let mut f = Fabric::new("lvd", &[HvSpec::new(Peering::Unnumbered)]);
+    f.start_daemons();
+    let hv = f.hv(1);
+    let (ns, cfg, asn) = (hv.ns.clone(), hv.cfg.clone(), hv.asn);
+    let mut lv = Libvirt::new(&ns);
+    let hooks = lv.hooks_dir();
+    hvroute_ok_in(&ns, &cfg, &["hook", "install", "--dir", hooks.to_str().unwrap()]);
+    lv.start();
+    let (mac, a4, a6) = ("52:54:00:00:00:71", "192.0.2.71", "2001:db8:100::71");
+    let iso = lv.dir.path().join("hvr-drive.iso");
+    hvroute_ok_in(
+        &ns,
+        &cfg,
+        &[
+            "configdrive",
+            "build",
+            "--name",
+            "hvr-drive",
+            "--mac",
+            mac,
+            "--ip",
+            a4,
+            "--ip",
+            a6,
+            "--out",
+            iso.to_str().unwrap(),
+        ],
+    );
+    // A cdrom that is no ConfigDrive: a drive with another label.
+    let other = lv.dir.path().join("other.img");
+    hvroute_ok_in(
+        &ns,
+        &cfg,
+        &[
+            "configdrive",
+            "build",
+            "--name",
+            "x",
+            "--mac",
+            "52:54:00:00:00:72",
+            "--ip",
+            "192.0.2.72",
+            "--flavor",
+            "nocloud",
+            "--format",
+            "vfat",
+            "--out",
+            other.to_str().unwrap(),
+        ],
+    );
+    let want = [format!("{a4}/32"), format!("{a6}/128")];
+    let on_spine = |f: &Fabric| {
+        let sf = f.spine_frr();
+        let (r4, r6) = (rib_from(&sf.rib("ipv4"), asn), rib_from(&sf.rib("ipv6"), asn));
+        want.iter().filter(|p| r4.contains(*p) || r6.contains(*p)).count()
+    };
+
+    let xml = domain_with("hvr-other", "52:54:00:00:00:72", None, &cdrom(other.to_str().unwrap()));
+    let o = lv.create("hvr-other", &xml);
+    assert!(o.status.success(), "virsh create failed: {}\n{}", show(&o), lv.diagnostics());
+
+    let xml = domain_with("hvr-drive", mac, None, &cdrom(iso.to_str().unwrap()));
+    let o = lv.create("hvr-drive", &xml);
+    assert!(o.status.success(), "virsh create failed: {}\n{}", show(&o), lv.diagnostics());
+    // `started` returned before virsh did: the kernel side is there now.
+    let (routes, neighs) = (routes_proto44(&ns), neighs_proto44(&ns));
+    for a in [a4, a6] {
+        assert!(has_route(&routes, a), "no route for {a} when virsh create returned\n{}", lv.diagnostics());
+        assert!(has_permanent_neigh(&neighs, a, mac), "no permanent neighbour for {a}\n{neighs:?}");
+    }
+    assert!(!has_route(&routes, "192.0.2.72"), "the nocloud cdrom was taken for a config-2 drive");
+    let t = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(&f) == 2),
+        "the drive's prefixes did not reach the spine\n{}\n{}",
+        f.diagnostics(),
+        lv.diagnostics()
+    );
+    eprintln!("virsh create returned; the spine held both prefixes {:?} later", t.elapsed());
+    lv.virsh_ok(&["destroy", "hvr-drive"]);
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(&f) == 0),
+        "the drive's prefixes stayed on the spine after virsh destroy\n{}",
+        f.diagnostics()
+    );
+    lv.virsh_ok(&["destroy", "hvr-other"]);
 }

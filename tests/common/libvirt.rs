@@ -66,6 +66,24 @@ pub fn virt_type() -> &'static str {
 /// A diskless domain with no OS: enough for libvirt to start QEMU and run every hook.
 /// Its one NIC is on the managed bridge; `metadata` is put inside `<metadata>` as is.
 pub fn domain(name: &str, mac: &str, metadata: Option<&str>) -> String {
+    domain_with(name, mac, metadata, "")
+}
+
+/// A read-only IDE cdrom holding the image `file`, as CloudStack attaches a ConfigDrive.
+pub fn cdrom(file: &str) -> String {
+    format!(
+        "    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{file}'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+"
+    )
+}
+
+/// As [`domain`], with `devices` (XML) added to its `<devices>`.
+pub fn domain_with(name: &str, mac: &str, metadata: Option<&str>, devices: &str) -> String {
     let md = metadata.map(|m| format!("  <metadata>\n{m}\n  </metadata>\n")).unwrap_or_default();
     format!(
         "<domain type='{virt}'>
@@ -81,7 +99,7 @@ pub fn domain(name: &str, mac: &str, metadata: Option<&str>) -> String {
       <model type='virtio'/>
       <rom enabled='no'/>
     </interface>
-  </devices>
+{devices}  </devices>
 </domain>
 ",
         virt = virt_type()
