@@ -130,6 +130,9 @@ struct FileEntry<'a> {
 
 fn build(a: &BuildArgs) -> Result<()> {
     let seed = seed_from_args(a)?;
+    if a.out.is_dir() {
+        return Err(Invalid(format!("--out {} is a directory; give the image's file name", a.out.display())).into());
+    }
     let files = content::files(&seed, a.flavor);
     let label = a.flavor.label();
     let bytes = image::write(a.format, label, &files)?;
@@ -392,9 +395,6 @@ fn write_atomically(out: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    if out.is_dir() {
-        return Err(Invalid(format!("--out {} is a directory", out.display())).into());
-    }
     let mut tmp = tempfile::Builder::new()
         .prefix(".hvroute-drive-")
         .tempfile_in(dir)
