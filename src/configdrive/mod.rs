@@ -10,7 +10,8 @@
 //!   is an error, never a panic or a hang.
 //!
 //! Data flows `Seed -> content::files -> image::write` to build, and
-//! `image::read -> content::parse_network_data -> DriveNic` to read. The CLI
+//! `image::read -> content::parse_network_data (config-2) | content::parse_network_config
+//! (cidata) -> DriveNic` to read. The CLI
 //! (`hvroute configdrive build|show`) and the hook's fallback for NICs without metadata are
 //! the shells around it.
 
