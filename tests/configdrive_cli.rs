@@ -224,6 +224,7 @@ fn build_is_deterministic_and_show_reads_it_back() {
         assert!(gw.contains(&"169.254.0.1") && gw.contains(&"fe80::1"), "{gw:?}");
         assert_eq!(nics[1]["addresses"], serde_json::json!(["2001:db8:103::200"]));
         assert_eq!(nics[1]["gateways"], serde_json::json!([]), "a second NIC has no default route");
+        assert_eq!(nics[0]["dns"], serde_json::json!(["192.0.2.53"]));
 
         let r = hvroute(&["configdrive", "show", s(&a)]);
         assert!(r.status.success(), "{}", stderr(&r));

@@ -131,7 +131,9 @@ struct FileEntry<'a> {
 fn build(a: &BuildArgs) -> Result<()> {
     let seed = seed_from_args(a)?;
     if a.out.is_dir() {
-        return Err(Invalid(format!("--out {} is a directory; give the image's file name", a.out.display())).into());
+        return Err(
+            Invalid(format!("--out {} is a directory; give the image's file name", a.out.display())).into()
+        );
     }
     let files = content::files(&seed, a.flavor);
     let label = a.flavor.label();
@@ -493,6 +495,9 @@ fn show(path: &Path, json: bool) -> Result<()> {
         }
         for g in &n.gateways {
             println!("  default via {g}");
+        }
+        for d in &n.dns {
+            println!("  dns {d}");
         }
     }
     println!("files:");

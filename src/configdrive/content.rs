@@ -35,6 +35,11 @@ use uuid::Uuid;
 use super::{DriveFile, DriveNic, Flavor, GATEWAY4, GATEWAY6, Seed};
 use crate::model::{HostAddr, Invalid, Mac, VmName};
 
+/// Where an openstack drive keeps its network description.
+pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
+/// Where a nocloud drive keeps its network description.
+pub const NETWORK_CONFIG: &str = "network-config";
+
 /// The most bytes [`parse_network_data`] and [`parse_network_config`] read.
 pub const MAX_INPUT: usize = 1 << 20;
 /// The most links (NICs) a network file may describe.
@@ -72,7 +77,7 @@ fn file(path: &str, data: impl Into<Vec<u8>>) -> DriveFile {
 fn openstack_files(seed: &Seed) -> Vec<DriveFile> {
     let mut out = vec![
         file("openstack/latest/meta_data.json", pretty_json(&meta_data(seed))),
-        file("openstack/latest/network_data.json", network_data(seed)),
+        file(NETWORK_DATA, network_data(seed)),
     ];
     if let Some(user_data) = &seed.user_data {
         out.push(file("openstack/latest/user_data", user_data.clone()));
@@ -188,7 +193,7 @@ pub const EMPTY_USER_DATA: &[u8] = b"#cloud-config\n{}\n";
 fn nocloud_files(seed: &Seed) -> Vec<DriveFile> {
     vec![
         file("meta-data", nocloud_meta_data(seed)),
-        file("network-config", network_config(seed)),
+        file(NETWORK_CONFIG, network_config(seed)),
         file("user-data", seed.user_data.clone().unwrap_or_else(|| EMPTY_USER_DATA.to_vec())),
     ]
 }
@@ -422,7 +427,13 @@ pub fn parse_network_data(bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
         if index.insert(id, nics.len()).is_some() {
             return Err(invalid(format!("link id {id:?} appears more than once")));
         }
-        nics.push(DriveNic { mac, mtu: link.mtu, addresses: Vec::new(), gateways: Vec::new() });
+        nics.push(DriveNic {
+            mac,
+            mtu: link.mtu,
+            addresses: Vec::new(),
+            gateways: Vec::new(),
+            dns: Vec::new(),
+        });
     }
 
     for (i, net) in data.networks.iter().enumerate() {
@@ -478,8 +489,13 @@ pub fn parse_network_data(bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
     for s in &data.services {
         if s.kind == "dns" {
             let a = s.address.as_deref().unwrap_or("");
-            IpAddr::from_str(a)
+            let ip = IpAddr::from_str(a)
                 .map_err(|_| invalid(format!("dns service address {a:?} is not an IP address")))?;
+            if let Some(first) = nics.first_mut()
+                && !first.dns.contains(&ip)
+            {
+                first.dns.push(ip);
+            }
         }
     }
     Ok(nics)
@@ -508,6 +524,13 @@ struct V2Ethernet {
     gateway6: Option<String>,
     dhcp4: Option<serde_norway::Value>,
     dhcp6: Option<serde_norway::Value>,
+    nameservers: Option<V2Nameservers>,
+}
+
+#[derive(Deserialize)]
+struct V2Nameservers {
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -611,7 +634,16 @@ pub fn parse_network_config(bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
             let v4 = v4.unwrap_or(!via.contains(':'));
             gateways.push(parse_gateway(via, v4, &format!("ethernet {id:?}"))?);
         }
-        nics.push(DriveNic { mac, mtu: eth.mtu, addresses, gateways });
+        let mut dns = Vec::new();
+        for a in eth.nameservers.iter().flat_map(|n| &n.addresses) {
+            let ip = IpAddr::from_str(a).map_err(|_| {
+                invalid(format!("ethernet {id:?} has nameserver {a:?}, which is not an IP address"))
+            })?;
+            if !dns.contains(&ip) {
+                dns.push(ip);
+            }
+        }
+        nics.push(DriveNic { mac, mtu: eth.mtu, addresses, gateways, dns });
     }
     Ok(nics)
 }
@@ -839,7 +871,8 @@ ethernets:
                         gateways.push(GATEWAY6.parse().unwrap());
                     }
                 }
-                DriveNic { mac: n.mac, mtu: Some(s.mtu), addresses: n.addresses.clone(), gateways }
+                let dns = if i == 0 { s.dns.clone() } else { Vec::new() };
+                DriveNic { mac: n.mac, mtu: Some(s.mtu), addresses: n.addresses.clone(), gateways, dns }
             })
             .collect()
     }
@@ -988,19 +1021,4 @@ ethernets:
         assert_eq!(nics[0].gateways, [GATEWAY4.parse::<IpAddr>().unwrap(), GATEWAY6.parse().unwrap()]);
         assert_eq!(nics[0].addresses.len(), 2);
     }
-}
-
-/// Where an openstack drive keeps its network description.
-pub const NETWORK_DATA: &str = "openstack/latest/network_data.json";
-/// Where a nocloud drive keeps its network description.
-pub const NETWORK_CONFIG: &str = "network-config";
-
-/// placeholder
-pub fn uuid_for(_name: &crate::model::VmName) -> String {
-    String::new()
-}
-
-/// placeholder
-pub fn parse_network_config(_bytes: &[u8]) -> Result<Vec<DriveNic>, Invalid> {
-    Err(Invalid("not built yet".into()))
 }

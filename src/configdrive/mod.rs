@@ -105,6 +105,10 @@ pub struct DriveNic {
     /// The default gateways the drive gives this NIC (169.254.0.1, fe80::1 for hvroute's
     /// drives), in the drive's order.
     pub gateways: Vec<IpAddr>,
+    /// The DNS servers: a nocloud NIC's `nameservers`; an openstack drive's `dns`
+    /// services, which are global, are reported on its first NIC (where hvroute's nocloud
+    /// flavour puts them too).
+    pub dns: Vec<IpAddr>,
 }
 
 /// The most bytes of a drive image that [`network_of`] reads: a `config-2` drive is small,

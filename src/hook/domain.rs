@@ -607,6 +607,7 @@ mod tests {
             mtu: Some(1500),
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             gateways: Vec::new(),
+            dns: Vec::new(),
         }
     }
 
