@@ -365,3 +365,37 @@ fn read_path_refuses_large_and_special_files_before_reading() {
     );
     assert_eq!(image::read_path(&ok).unwrap().label, "cidata");
 }
+
+// Drives made by other tools (xorriso with Rock Ridge only, plain ISO 9660, mkfs.vfat with
+// mcopy) are read with the names their makers meant; the fuzz seeds are such drives, and the
+// regression seeds (inputs that crashed cdfs and fatfs) are errors or images, not panics.
+#[test]
+fn reads_drives_made_by_other_tools() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/image_read");
+    let names = |img: &image::Image| -> Vec<String> { img.files.iter().map(|f| f.path.clone()).collect() };
+    let openstack = [
+        "openstack/latest/meta_data.json",
+        "openstack/latest/network_data.json",
+        "openstack/latest/user_data",
+        "openstack/latest/vendor_data.json",
+    ];
+    for (seed, format, label) in [
+        ("openstack-joliet-rr.iso", Format::Iso, "config-2"),
+        ("openstack-rr-only.iso", Format::Iso, "config-2"),
+        ("openstack-fat12.img", Format::Vfat, "config-2"),
+    ] {
+        let img = image::read_path(&dir.join(seed)).unwrap();
+        assert_eq!((img.format, img.label.as_str()), (format, label), "{seed}");
+        assert_eq!(names(&img), openstack, "{seed}");
+    }
+    // Plain ISO 9660 names are 8.3 and upper case: read back lowercased, without ";1".
+    let img = image::read_path(&dir.join("nocloud-plain.iso")).unwrap();
+    assert_eq!(img.label, "cidata");
+    assert_eq!(names(&img), ["meta_dat", "network_", "user_dat"]);
+    let img = image::read_path(&dir.join("nocloud-fat12.img")).unwrap();
+    assert_eq!(img.label, "cidata");
+    assert_eq!(names(&img), ["meta-data", "network-config", "user-data"]);
+    for seed in ["regress-cdfs-assert.iso", "regress-cdfs-unimplemented.iso", "regress-fatfs-overflow.img"] {
+        let _ = image::read_path(&dir.join(seed));
+    }
+}
