@@ -48,9 +48,14 @@ done
 export RUST_BACKTRACE=0
 
 need_root
-ensure_packages
+# xorriso, mtools, dosfstools: ConfigDrive images (built by xorriso; read back by xorriso,
+# mtools and the kernel in tests/configdrive_image.rs). util-linux: blkid.
+ensure_packages xorriso mtools dosfstools util-linux
 ensure_cargo
 ensure_libvirt
+# cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the
+# Python modules cloud-init imports are installed with them).
+"$repo_root/scripts/cloud-init-fetch.sh"
 cd "$repo_root"
 
 for tool in fmt clippy; do

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::image::ImageError;
 use super::{DriveNic, Flavor, Format, Seed, SeedNic, content, image};
 use crate::model::{HostAddr, Invalid, VmName};
 
@@ -137,7 +138,10 @@ fn build(a: &BuildArgs) -> Result<()> {
     }
     let files = content::files(&seed, a.flavor);
     let label = a.flavor.label();
-    let bytes = image::write(a.format, label, &files)?;
+    let bytes = image::write(a.format, label, &files).map_err(|e| match e {
+        ImageError::TooLarge(_) => Invalid(e.to_string()).into(),
+        other => anyhow::Error::new(other),
+    })?;
     write_atomically(&a.out, &bytes)?;
     let built = Built {
         out: &a.out,
@@ -440,7 +444,12 @@ pub struct ShownFile {
 
 /// Reads the drive at `path`: its format, label, flavour, NICs and files.
 pub fn read_drive(path: &Path) -> Result<Shown> {
-    let img = image::read_path(path)?;
+    // A file that cannot be opened is a runtime failure (exit 1); one that is not a good
+    // image is bad input (exit 2).
+    let img = image::read_path(path).map_err(|e| match e {
+        ImageError::Io { .. } => anyhow::Error::new(e),
+        bad => Invalid(bad.to_string()).into(),
+    })?;
     let (flavor, network_file) = if img.label.eq_ignore_ascii_case(Flavor::OpenStack.label()) {
         (Flavor::OpenStack, content::NETWORK_DATA)
     } else if img.label.eq_ignore_ascii_case(Flavor::NoCloud.label()) {
