@@ -21,6 +21,11 @@ toolchain on PATH), then, in the repository:
        --quick         cargo test --lib --bins --test NAME...
                                                   unit tests plus every tests/NAME.rs whose
                                                   name does not start with slow_
+  4. full run only: scripts/fuzz.sh 30, cargo-fuzz on the ConfigDrive image reader and the
+     network_data.json parser, 30 s each (nightly toolchain; the build is cached outside
+     the repository, in ${HVROUTE_CACHE:-/var/cache/hvroute-test}/fuzz-target)
+Before the tests it runs scripts/cloud-init-fetch.sh (cloud-init 25.1 and 22.4, cached in
+${HVROUTE_CACHE:-/var/cache/hvroute-test}/cloud-init) for tests/configdrive_cloudinit.rs.
 Every step runs even if an earlier one failed; a summary line at the end says which failed.
 Exits 0 only if all steps pass.
 
@@ -49,8 +54,8 @@ export RUST_BACKTRACE=0
 
 need_root
 # xorriso, mtools, dosfstools: ConfigDrive images (built by xorriso; read back by xorriso,
-# mtools and the kernel in tests/configdrive_image.rs). util-linux: blkid.
-ensure_packages xorriso mtools dosfstools util-linux
+# mtools and genisoimage's isoinfo in tests/configdrive_image.rs). util-linux: blkid.
+ensure_packages xorriso mtools dosfstools genisoimage util-linux
 ensure_cargo
 ensure_libvirt
 # cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the
@@ -148,6 +153,7 @@ if [[ -n "$quick" ]]; then
     run_step "cargo test (quick)" cargo_test "${targs[@]}" -- --test-threads=2
 else
     run_step "cargo test" cargo_test -- --test-threads=2
+    run_step "fuzz" "$repo_root/scripts/fuzz.sh" 30
 fi
 
 failed_steps=()
