@@ -353,3 +353,96 @@ fn hook_install_writes_one_script_and_is_idempotent() {
     assert_one_sentence(&o, "was not written by hvroute", "foreign script");
     assert_eq!(std::fs::read_to_string(hooks.join("qemu.d/hvroute")).unwrap(), "#!/bin/sh\n# mine\n");
 }
+
+/// Adds a read-only cdrom with `file` to a domain XML.
+fn with_cdrom(xml: &str, file: &Path) -> String {
+    let disk = format!(
+        "    <disk type='file' device='cdrom'><source file='{}'/><target dev='hdc' bus='ide'/><readonly/></disk>\n  </devices>",
+        file.display()
+    );
+    xml.replacen("</devices>", &disk, 1)
+}
+
+/// Prevents, for VMs addressed by their ConfigDrive alone: a drive with an address outside
+/// the pools starting unrefused; a damaged, missing or foreign cdrom (a hostile drive, a
+/// drive on unmounted network storage, an installer ISO) stopping the VM or making the hook
+/// panic or hang; a broken config stopping a VM whose XML never names hvroute.
+#[test]
+fn configdrive_input_at_the_hook() {
+    let env = Env::new(10);
+    let before = env.state();
+    let dir = env.dir.path();
+    let mac = "52:54:00:00:00:51";
+    let plain = domain_xml("cd1", None, &[XmlNic { mac, bridge: "cloudbr0", target: Some("vnet5") }]);
+    let build = |ip: &str, out: &Path| {
+        let o = env.cli(&[
+            "configdrive",
+            "build",
+            "--name",
+            "cd1",
+            "--mac",
+            mac,
+            "--ip",
+            ip,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", common::show(&o));
+    };
+    let prepare = |xml: &str| env.hook(["cd1", "prepare", "begin", "-"], Stdin::Bytes(xml.as_bytes()));
+
+    // A good drive: prepare accepts it, silently.
+    let good = dir.join("good.iso");
+    build("192.0.2.51", &good);
+    let o = prepare(&with_cdrom(&plain, &good));
+    assert_eq!(o.status.code(), Some(0), "{}", common::show(&o));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}", common::show(&o));
+
+    // Outside the pools: refused, naming the drive's address.
+    let outside = dir.join("outside.iso");
+    build("203.0.113.9", &outside);
+    let o = prepare(&with_cdrom(&plain, &outside));
+    assert_eq!(o.status.code(), Some(2), "{}", common::show(&o));
+    assert_one_sentence(&o, "203.0.113.9", "drive address outside the pools");
+    assert!(stderr(&o).contains("ConfigDrive"), "{}", common::show(&o));
+
+    // A config-2 drive cut short, and one that is missing: logged, and the VM starts.
+    let mut img = std::fs::read(&good).unwrap();
+    img.truncate(40 << 10);
+    let cut = dir.join("cut.iso");
+    std::fs::write(&cut, &img).unwrap();
+    let missing = dir.join("missing.iso");
+    for (what, file) in [("cut", &cut), ("missing", &missing)] {
+        for (op, sub) in [("prepare", "begin"), ("started", "begin"), ("reconnect", "begin")] {
+            let o = env.hook(["cd1", op, sub, "-"], Stdin::Bytes(with_cdrom(&plain, file).as_bytes()));
+            assert_eq!(o.status.code(), Some(0), "{what} {op}: {}", common::show(&o));
+            assert!(o.stdout.is_empty(), "{what} {op}: {}", common::show(&o));
+            assert_one_sentence(
+                &o,
+                file.file_name().unwrap().to_str().unwrap(),
+                &format!("{what} drive at {op}"),
+            );
+        }
+    }
+
+    // An installer-sized cdrom and a cdrom that is no image: not a ConfigDrive, no word.
+    let big = dir.join("installer.iso");
+    std::fs::File::create(&big).unwrap().set_len(65 << 20).unwrap();
+    let text = dir.join("notes.iso");
+    std::fs::write(&text, "hello\n").unwrap();
+    for file in [&big, &text] {
+        let o = prepare(&with_cdrom(&plain, file));
+        assert_eq!(o.status.code(), Some(0), "{}", common::show(&o));
+        assert!(o.stderr.is_empty(), "{}: {}", file.display(), common::show(&o));
+    }
+
+    // A broken config: the drive is not read, the VM is not stopped.
+    let cfg = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(env.config(), format!("colour = \"red\"\n{cfg}")).unwrap();
+    let o = prepare(&with_cdrom(&plain, &outside));
+    assert_eq!(o.status.code(), Some(0), "{}", common::show(&o));
+    assert_one_sentence(&o, "colour", "broken config with a cdrom");
+    std::fs::write(env.config(), &cfg).unwrap();
+
+    assert_eq!(env.state(), before, "the state dir changed");
+}
