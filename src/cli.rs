@@ -605,6 +605,31 @@ struct VmStatus {
     source: Source,
     state: &'static str,
     nics: Vec<NicStatus>,
+    /// Null when `guard.enabled` is false.
+    guard: Option<VmGuard>,
+}
+
+/// A VM's guards (docs/guards.md).
+#[derive(Serialize)]
+struct VmGuard {
+    /// Frames from its ports the guards dropped (spoofed sources, foreign MACs, router
+    /// advertisements, ...), summed over its NICs since their rules were first installed.
+    drops: u64,
+    /// The ports its NICs are guarded on, by MAC; a NIC missing here forwards nothing yet.
+    ports: std::collections::BTreeMap<Mac, String>,
+}
+
+/// The bridge's guards as a whole.
+#[derive(Serialize)]
+struct GuardsStatus {
+    enabled: bool,
+    /// Frames from ports bound to no VM.
+    unbound_drops: u64,
+    /// Packets from VMs to the host that the host protection dropped.
+    to_host_drops: u64,
+    /// Packets from VMs that may not be forwarded where they were going.
+    forward_drops: u64,
+    uplinks: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -625,6 +650,7 @@ struct Status {
     /// Null when `frr.enabled` is false.
     frr: Option<FrrView>,
     vms: Vec<VmStatus>,
+    guards: GuardsStatus,
     store_errors: Vec<String>,
     conflicts: Vec<String>,
     pending_ops: usize,
@@ -659,6 +685,26 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
         control::request::<DaemonStatus>(&cfg.socket, Request::Status, Duration::from_secs(5)).ok().flatten();
     let pending = plan::plan(&desired, &observed, Options::default(), cfg.route_protocol);
     let br_index = observed.bridge.as_ref().map(|b| b.ifindex);
+    let guard_want = crate::guard::want(&desired, &observed);
+    let drops = if cfg.guard.enabled { crate::kernel::nft::guard_drops() } else { Default::default() };
+    let nic_port: std::collections::BTreeMap<Mac, String> = guard_want
+        .iter()
+        .flat_map(|w| w.bound.iter())
+        .filter(|(port, nic)| observed.guard.map.get(*port).is_some_and(|(c, _)| *c == nic.chain()))
+        .map(|(port, nic)| (nic.mac, port.clone()))
+        .collect();
+    let vm_guard = |v: &VmSpec| {
+        cfg.guard.enabled.then(|| VmGuard {
+            drops: v
+                .nics
+                .iter()
+                .map(|n| {
+                    drops.get(&format!("drop-{}", crate::guard::NicRules::hex(&n.mac))).copied().unwrap_or(0)
+                })
+                .sum(),
+            ports: v.nics.iter().filter_map(|n| nic_port.get(&n.mac).map(|p| (n.mac, p.clone()))).collect(),
+        })
+    };
     let vms = snap
         .vms
         .values()
@@ -688,6 +734,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
                         .collect(),
                 })
                 .collect(),
+            guard: vm_guard(v),
         })
         .collect();
     let b = observed.bridge.as_ref();
@@ -707,6 +754,13 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
             Err(e) => FrrView { reachable: false, error: Some(format!("{e:#}")), peers: Vec::new() },
         }),
         vms,
+        guards: GuardsStatus {
+            enabled: cfg.guard.enabled,
+            unbound_drops: drops.get(crate::guard::UNBOUND_COUNTER).copied().unwrap_or(0),
+            to_host_drops: drops.get(crate::guard::HOST_COUNTER).copied().unwrap_or(0),
+            forward_drops: drops.get(crate::guard::FORWARD_COUNTER).copied().unwrap_or(0),
+            uplinks: guard_want.map(|w| w.base.uplinks.into_iter().collect()).unwrap_or_default(),
+        },
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
         conflicts: desired.conflicts.clone(),
         pending_ops: pending.ops.len(),
@@ -811,6 +865,40 @@ fn print_status(s: &Status) {
                 );
             }
         }
+    }
+    let g = &s.guards;
+    if g.enabled {
+        println!();
+        println!(
+            "guards: on; uplinks {}; dropped from unbound ports {}, to the host {}, forwarding {}",
+            if g.uplinks.is_empty() {
+                "NONE (VMs reach only each other)".to_string()
+            } else {
+                g.uplinks.join(",")
+            },
+            g.unbound_drops,
+            g.to_host_drops,
+            g.forward_drops
+        );
+        for v in s.vms.iter().filter(|v| v.state == "active") {
+            if let Some(vg) = &v.guard {
+                let unguarded = v.nics.iter().filter(|n| !vg.ports.contains_key(&n.mac)).count();
+                let ports: Vec<&str> = vg.ports.values().map(String::as_str).collect();
+                println!(
+                    "  {:<20} ports {:<12} dropped {}{}",
+                    v.name.to_string(),
+                    if ports.is_empty() { "-".to_string() } else { ports.join(",") },
+                    vg.drops,
+                    if unguarded > 0 {
+                        format!("  ({unguarded} NIC without a port: forwards nothing)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    } else {
+        println!("guards: OFF (guard.enabled = false): VMs are not filtered on the bridge");
     }
     for e in &s.store_errors {
         println!("state file error: {e}");

@@ -40,6 +40,65 @@ pub struct Config {
     pub hook: Hook,
     #[serde(default)]
     pub migration: Migration,
+    #[serde(default)]
+    pub guard: Guard,
+}
+
+/// The guards on the shared bridge (docs/guards.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    /// Per-port anti-spoofing, port isolation and host protection. `false` removes
+    /// hvroute's guard rules and leaves the bridge open.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// More interfaces VM traffic may be forwarded to, besides the BGP peers' own.
+    #[serde(default)]
+    pub uplinks: Vec<IfName>,
+    /// More services on the hypervisor that VMs may reach: `tcp/PORT` or `udp/PORT`.
+    #[serde(default)]
+    pub host_allow: Vec<HostService>,
+    /// Destinations VMs may reach through any interface.
+    #[serde(default)]
+    pub forward_allow: Vec<ipnet::IpNet>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard { enabled: true, uplinks: Vec::new(), host_allow: Vec::new(), forward_allow: Vec::new() }
+    }
+}
+
+/// A service on the hypervisor: `tcp/53`, `udp/123`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostService {
+    pub proto: &'static str,
+    pub port: u16,
+}
+
+impl std::str::FromStr for HostService {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        let bad = || Invalid(format!("invalid service {s:?}: expected tcp/PORT or udp/PORT, like udp/53"));
+        let (proto, port) = s.split_once('/').ok_or_else(bad)?;
+        let proto = match proto {
+            "tcp" => "tcp",
+            "udp" => "udp",
+            _ => return Err(bad()),
+        };
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(bad());
+        }
+        Ok(HostService { proto, port })
+    }
+}
+
+impl<'de> Deserialize<'de> for HostService {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Live migration, make-before-break (design.md §5).

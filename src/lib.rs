@@ -11,6 +11,7 @@ pub mod configdrive;
 pub mod control;
 pub mod daemon;
 pub mod frr;
+pub mod guard;
 pub mod hook;
 pub mod kernel;
 pub mod model;

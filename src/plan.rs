@@ -89,6 +89,10 @@ pub struct Desired {
     pub addrs: BTreeMap<IpAddr, Mac>,
     /// Ports bound to VMs by name (`--port`, the hook's target dev).
     pub bound_ports: BTreeSet<IfName>,
+    /// The port each NIC is bound to by name; a hook entry's wins over others'.
+    pub nic_ports: BTreeMap<Mac, IfName>,
+    /// The guards' settings (`None`: `guard.enabled = false`); see `guard.rs`.
+    pub guard: Option<crate::guard::GuardConfig>,
     /// libvirt tap MACs (VM MAC with first octet `fe`) of every known NIC.
     pub tap_macs: BTreeSet<Mac>,
     /// Volatile entries from an earlier boot, waiting to be re-asserted.
@@ -128,6 +132,8 @@ impl Desired {
             bridge: BridgeSpec::from_config(cfg),
             addrs: BTreeMap::new(),
             bound_ports: BTreeSet::new(),
+            nic_ports: BTreeMap::new(),
+            guard: crate::guard::GuardConfig::from_config(cfg),
             tap_macs: BTreeSet::new(),
             parked: BTreeSet::new(),
             incoming: BTreeSet::new(),
@@ -155,6 +161,9 @@ impl Desired {
                 d.tap_macs.insert(nic.mac.tap_mac());
                 if let Some(p) = &nic.port {
                     d.bound_ports.insert(p.clone());
+                    if vm.source == Source::Hook || !d.nic_ports.contains_key(&nic.mac) {
+                        d.nic_ports.insert(nic.mac, p.clone());
+                    }
                 }
             }
             if vm.is_parked(boot_id) {
@@ -275,6 +284,8 @@ pub struct Observed {
     pub redirect_filter: bool,
     /// Addresses on `lo`.
     pub loopback_addrs: BTreeSet<IfAddr>,
+    /// hvroute's guard objects (nftables, port isolation).
+    pub guard: crate::guard::GuardObs,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -330,6 +341,34 @@ pub enum Op {
         addr: IpAddr,
         mac: Mac,
     },
+    /// The guards' base: tables, hook chains, host protection (docs/guards.md).
+    GuardBase {
+        base: crate::guard::Base,
+    },
+    /// The ports of the managed bridge that filtering applies to (default deny).
+    GuardPorts {
+        ports: BTreeSet<String>,
+    },
+    /// A NIC's chain, and its port's map element (`replace`: the element exists).
+    GuardNic {
+        port: String,
+        nic: crate::guard::NicRules,
+        replace: bool,
+    },
+    /// A port no longer bound to a NIC.
+    UnguardPort {
+        port: String,
+    },
+    /// A NIC chain no port uses.
+    DelGuardChain {
+        chain: String,
+    },
+    /// `isolated on` for a VM's port.
+    IsolatePort {
+        port: String,
+    },
+    /// Guards off: hvroute's guard tables and chains go.
+    RemoveGuards,
 }
 
 impl Op {
@@ -344,6 +383,13 @@ impl Op {
             | Op::SetBridgeUp
             | Op::InstallRedirectFilter
             | Op::AddLoopbackAddr { .. } => "bridge",
+            Op::GuardBase { .. }
+            | Op::GuardPorts { .. }
+            | Op::GuardNic { .. }
+            | Op::UnguardPort { .. }
+            | Op::DelGuardChain { .. }
+            | Op::IsolatePort { .. }
+            | Op::RemoveGuards => "guard",
             Op::DelNeigh { .. } => "neigh_del",
             Op::DelRoute { .. } => "route_del",
             Op::ReplaceRoute { .. } => "route_add",
@@ -413,6 +459,25 @@ impl fmt::Display for Plan {
                 Op::ReplaceNeigh { addr, mac } => {
                     writeln!(f, "+ neigh {addr} lladdr {mac} dev {br} nud permanent proto {p}")?
                 }
+                Op::GuardBase { base } => writeln!(
+                    f,
+                    "~ guard base: bridge ports default deny, host protection, uplinks {}",
+                    base.uplinks.iter().cloned().collect::<Vec<_>>().join(",")
+                )?,
+                Op::GuardPorts { ports } => {
+                    writeln!(f, "~ guard ports: {} ports of the bridge", ports.len())?
+                }
+                Op::GuardNic { port, nic, .. } => writeln!(
+                    f,
+                    "~ guard {port}: MAC {} with {} IPv4, {} IPv6 addresses",
+                    nic.mac,
+                    nic.v4.len(),
+                    nic.v6.len()
+                )?,
+                Op::UnguardPort { port } => writeln!(f, "- guard {port}")?,
+                Op::DelGuardChain { chain } => writeln!(f, "- guard chain {chain}")?,
+                Op::IsolatePort { port } => writeln!(f, "~ link {port} isolated on")?,
+                Op::RemoveGuards => writeln!(f, "- guards (guard.enabled = false)")?,
             }
         }
         if let Some(w) = &self.waiting {
@@ -462,7 +527,9 @@ pub fn additions(bridge: &IfName, proto: u8, addrs: impl IntoIterator<Item = (Ip
 
 pub fn plan(d: &Desired, o: &Observed, opts: Options, proto: u8) -> Plan {
     let mut p = Plan { bridge: d.bridge.name.to_string(), proto, ..Plan::default() };
-    if let Some(bridge_ifindex) = plan_bridge(d, o, opts, &mut p) {
+    let bridge = plan_bridge(d, o, opts, &mut p);
+    p.ops.extend(crate::guard::plan(crate::guard::want(d, o).as_ref(), &o.guard, None));
+    if let Some(bridge_ifindex) = bridge {
         plan_entries(&d.routed(o), &o.routes, &o.neighs, bridge_ifindex, d.deletions_allowed, &mut p);
     }
     p
@@ -510,6 +577,11 @@ pub fn plan_vm(d: &Desired, o: &Observed, addrs: &BTreeSet<IpAddr>, create_bridg
         }
         Some(ob) => Some(ob.ifindex),
     };
+    // This VM's guards (and the base, when missing) go in before its routes.
+    if let Some(w) = crate::guard::want(d, o) {
+        let macs: BTreeSet<Mac> = want.values().copied().collect();
+        p.ops.extend(crate::guard::plan(Some(&w), &o.guard, Some(&macs)));
+    }
     let routes: BTreeSet<RouteKey> = o.routes.iter().filter(|r| addrs.contains(&r.addr)).copied().collect();
     let neighs: BTreeMap<(IpAddr, u32), Option<Mac>> =
         o.neighs.iter().filter(|((a, _), _)| addrs.contains(a)).map(|(k, v)| (*k, *v)).collect();
@@ -702,9 +774,19 @@ mod tests {
     use super::*;
     use crate::model::{Nic, Source, VmSpec};
 
+    /// Guards off: these tests are about routes and neighbours (guards: `cfg_guarded`).
     fn cfg() -> Config {
         Config::parse(
-            "[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n",
+            "[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n\
+             [guard]\nenabled=false\n",
+        )
+        .unwrap()
+    }
+
+    fn cfg_guarded() -> Config {
+        Config::parse(
+            "[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n\
+             [[bgp.peer]]\ninterface=\"uplink0\"\nremote_as=\"external\"\n",
         )
         .unwrap()
     }
@@ -750,7 +832,7 @@ mod tests {
     /// Golden: a cold start on an empty host creates the bridge and everything on it.
     #[test]
     fn cold_plan_is_stable() {
-        let c = cfg();
+        let c = cfg_guarded();
         let d = Desired::build(
             &c,
             &snap(vec![
@@ -772,6 +854,7 @@ mod tests {
 ~ sysctl net.ipv6.conf.cloudbr0.keep_addr_on_down=1
 + nft table inet hvroute: oifname \"cloudbr0\" icmpv6 type nd-redirect drop
 ~ link cloudbr0 up
+~ guard base: bridge ports default deny, host protection, uplinks uplink0
 + route 192.0.2.10/32 dev cloudbr0 proto 44
 + route 2001:db8:100::10/128 dev cloudbr0 proto 44
 + route 2001:db8:100::20/128 dev cloudbr0 proto 44
@@ -860,7 +943,7 @@ mod tests {
     fn loopbacks_are_put_on_lo_once() {
         let c = Config::parse(
             "[pools]\nipv4=[\"192.0.2.0/24\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n\
-             loopback4=\"198.51.100.1\"\nloopback6=\"2001:db8:ffff::1\"\n",
+             loopback4=\"198.51.100.1\"\nloopback6=\"2001:db8:ffff::1\"\n[guard]\nenabled=false\n",
         )
         .unwrap();
         let d = Desired::build(&c, &snap(vec![]), "b");

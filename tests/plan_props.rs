@@ -100,6 +100,7 @@ fn observed() -> impl Strategy<Value = Observed> {
                 neighs,
                 redirect_filter: sysctls_ok,
                 loopback_addrs: Default::default(),
+                guard: Default::default(),
             }
         })
 }
@@ -148,6 +149,14 @@ proptest! {
                 | plan::Op::ReplaceNeigh { addr, .. }
                 | plan::Op::DelRoute { addr, .. }
                 | plan::Op::DelNeigh { addr, .. } => prop_assert!(mine.contains(addr), "{op:?} outside {mine:?}"),
+                // Guards: the base where missing, this VM's NICs only, ports only added.
+                plan::Op::GuardBase { .. } => prop_assert!(obs.guard.base.is_none()),
+                plan::Op::GuardNic { nic, .. } => prop_assert!(
+                    mine.iter().any(|a| d.addrs.get(a) == Some(&nic.mac) || d.pending.get(a) == Some(&nic.mac)),
+                    "{op:?} is not this VM's NIC"
+                ),
+                plan::Op::GuardPorts { ports } => prop_assert!(obs.guard.ports.is_subset(ports), "{op:?} removes ports"),
+                plan::Op::IsolatePort { .. } => {}
                 // Bridge set-up only where there was no bridge, and only when asked.
                 _ => prop_assert!(obs.bridge.is_none() && create_bridge, "{op:?} on an existing bridge"),
             }

@@ -92,6 +92,22 @@ impl Fake {
                 let idx = bridge(s)?;
                 s.neighs.insert((*addr, idx), Some(*mac));
             }
+            Op::GuardBase { base } => s.guard.base = Some(base.fingerprint()),
+            Op::GuardPorts { ports } => s.guard.ports = ports.clone(),
+            Op::GuardNic { port, nic, .. } => {
+                s.guard.chains.insert(nic.chain());
+                s.guard.map.insert(port.clone(), (nic.chain(), Some(nic.fingerprint())));
+            }
+            Op::UnguardPort { port } => {
+                s.guard.map.remove(port);
+            }
+            Op::DelGuardChain { chain } => {
+                s.guard.chains.remove(chain);
+            }
+            Op::IsolatePort { port } => {
+                s.guard.isolated.insert(port.clone());
+            }
+            Op::RemoveGuards => s.guard = Default::default(),
         }
         Ok(())
     }

@@ -67,7 +67,8 @@ impl Netlink {
     /// owned routes for one address with different metrics it sees the preferred one; a
     /// neighbour lookup sees the bridge's entry. The daemon's full pass sees everything.
     pub async fn observe_for_vm(&mut self, desired: &Desired, addrs: &BTreeSet<IpAddr>) -> Result<Observed> {
-        let Some(bridge) = self.observe_bridge().await? else { return self.observe(desired).await };
+        let (bridge, guard) = self.observe_guarded(desired).await?;
+        let Some(bridge) = bridge else { return self.observe(desired).await };
         let (proto, ifindex) = (self.proto, bridge.ifindex);
         let this = &*self;
         let found: Vec<(Option<RouteKey>, Option<NeighEntry>)> = stream::iter(addrs)
@@ -81,7 +82,25 @@ impl Netlink {
             .await?;
         let routes = found.iter().filter_map(|(r, _)| *r).collect();
         let neighs = found.into_iter().filter_map(|(_, n)| n).collect();
-        Ok(Observed { bridge: Some(bridge), routes, neighs, ..Observed::default() })
+        Ok(Observed { bridge: Some(bridge), routes, neighs, guard, ..Observed::default() })
+    }
+
+    /// The bridge and, when guards are on, their kernel side.
+    async fn observe_guarded(
+        &self,
+        desired: &Desired,
+    ) -> Result<(Option<BridgeObs>, crate::guard::GuardObs)> {
+        match &desired.guard {
+            Some(g) => self.observe_bridge_and_guards(Some(&g.peer_addrs)).await,
+            // Guards off: only whether hvroute's guard objects are still there, to remove them.
+            None => {
+                let (b, _) = self.observe_bridge_and_guards(None).await?;
+                let g = tokio::task::spawn_blocking(super::nft::observe_guards)
+                    .await
+                    .context("nft observation failed")?;
+                Ok((b, g))
+            }
+        }
     }
 
     /// The owned host route the kernel uses for ADDR, if that is one.
@@ -199,8 +218,69 @@ impl Netlink {
         self.link_index(&self.bridge).await?.with_context(|| format!("bridge {} does not exist", self.bridge))
     }
 
-    async fn observe_bridge(&self) -> Result<Option<BridgeObs>> {
+    /// The bridge, and the guards' kernel side: isolated ports, the interfaces of the
+    /// routes to `peer_addrs` (numbered BGP peers), and (with `peer_addrs`) hvroute's
+    /// nftables guard objects.
+    async fn observe_bridge_and_guards(
+        &self,
+        peer_addrs: Option<&BTreeSet<IpAddr>>,
+    ) -> Result<(Option<BridgeObs>, crate::guard::GuardObs)> {
         let links = self.links().await?;
+        let mut guard = crate::guard::GuardObs::default();
+        if let Some(peers) = peer_addrs {
+            let nft = tokio::task::spawn_blocking(super::nft::observe_guards);
+            for a in peers {
+                if let Some(oif) = self.route_oif(*a).await
+                    && let Some(l) = links.iter().find(|l| l.header.index == oif)
+                    && let Some(n) = link_name(l)
+                {
+                    guard.peer_ifaces.insert(n.to_string());
+                }
+            }
+            let g = nft.await.context("nft observation failed")?;
+            guard = crate::guard::GuardObs { peer_ifaces: guard.peer_ifaces, ..g };
+        }
+        let br_index =
+            links.iter().find(|l| link_name(l) == Some(self.bridge.as_str())).map(|l| l.header.index);
+        if let Some(idx) = br_index {
+            guard.isolated = links
+                .iter()
+                .filter(|l| {
+                    l.attributes.iter().any(|a| matches!(a, LinkAttribute::Controller(c) if *c == idx))
+                })
+                .filter(|l| port_isolated(l))
+                .filter_map(|l| link_name(l).map(str::to_string))
+                .collect();
+        }
+        Ok((self.bridge_from_links(&links).await?, guard))
+    }
+
+    /// The interface the kernel's route to `addr` leaves by, if it has one.
+    async fn route_oif(&self, addr: IpAddr) -> Option<u32> {
+        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = family(addr);
+        msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        msg.attributes.push(RouteAttribute::Destination(match addr {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        }));
+        let mut req = NetlinkMessage::from(M::GetRoute(msg));
+        req.header.flags = NLM_F_REQUEST;
+        let mut resp = self.handle.clone().request(req).ok()?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::InnerMessage(M::NewRoute(r)) = m.payload {
+                return r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                });
+            }
+        }
+        None
+    }
+
+    async fn bridge_from_links(&self, links: &[LinkMessage]) -> Result<Option<BridgeObs>> {
         let Some(br) = links.iter().find(|l| link_name(l) == Some(self.bridge.as_str())) else {
             return Ok(None);
         };
@@ -389,6 +469,45 @@ impl Netlink {
         Ok(())
     }
 
+    /// Port isolation by netlink, then every nftables guard op in one transaction.
+    async fn apply_guards(&self, ops: &[&Op]) -> Vec<OpError> {
+        let mut errors = Vec::new();
+        let fail = |op: &Op, e: &anyhow::Error| OpError { op: op.clone(), error: format!("{e:#}") };
+        for op in ops {
+            if let Op::IsolatePort { port } = op
+                && let Err(e) = self.isolate(port).await
+            {
+                errors.push(fail(op, &e));
+            }
+        }
+        let nft_ops: Vec<Op> =
+            ops.iter().filter(|o| !matches!(o, Op::IsolatePort { .. })).map(|o| (*o).clone()).collect();
+        if let Some(script) = crate::guard::transaction(&nft_ops) {
+            let r = tokio::task::spawn_blocking(move || super::nft::load_guards(&script)).await;
+            let r = r.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = r {
+                errors.extend(nft_ops.iter().map(|op| fail(op, &e)));
+            }
+        }
+        errors
+    }
+
+    /// `ip link set dev PORT type bridge_slave isolated on`, by netlink (RTM_NEWLINK: a
+    /// port's settings are not taken by RTM_SETLINK).
+    async fn isolate(&self, port: &str) -> Result<()> {
+        use netlink_packet_route::link::InfoBridgePort;
+        use rtnetlink::LinkBridgePort;
+        let idx = self.link_index(port).await?.with_context(|| format!("port {port} does not exist"))?;
+        let msg = LinkBridgePort::new(idx).append_info_data(InfoBridgePort::Isolated(true)).build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .with_context(|| format!("cannot isolate port {port}"))?;
+        Ok(())
+    }
+
     async fn exec_entry_op(&self, op: &Op, bridge: u32) -> Result<()> {
         let h = &self.handle;
         let proto = RouteProtocol::from(self.proto);
@@ -480,6 +599,20 @@ fn link_mac(l: &LinkMessage) -> Option<Mac> {
     })
 }
 
+/// Whether a bridge port has `isolated on` (the port's slave data in a link dump).
+fn port_isolated(l: &LinkMessage) -> bool {
+    use netlink_packet_route::link::{InfoBridgePort, InfoPortData};
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| match i {
+            LinkInfo::PortData(InfoPortData::BridgePort(d)) => {
+                d.iter().any(|x| matches!(x, InfoBridgePort::Isolated(true)))
+            }
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
 fn link_kind(l: &LinkMessage) -> Option<&InfoKind> {
     l.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
@@ -496,7 +629,7 @@ impl Kernel for Netlink {
     }
 
     async fn observe(&mut self, desired: &Desired) -> Result<Observed> {
-        let bridge = self.observe_bridge().await?;
+        let (bridge, guard) = self.observe_guarded(desired).await?;
         let sysctls = desired
             .bridge
             .sysctls
@@ -516,19 +649,23 @@ impl Kernel for Netlink {
         let redirect_filter = filter.await.context("nft check failed")?;
         let loopback_addrs =
             if desired.loopbacks.is_empty() { Default::default() } else { self.lo_addrs().await? };
-        Ok(Observed { bridge, sysctls, routes, neighs, redirect_filter, loopback_addrs })
+        Ok(Observed { bridge, sysctls, routes, neighs, redirect_filter, loopback_addrs, guard })
     }
 
     async fn apply(&mut self, plan: &Plan) -> Vec<OpError> {
         let mut errors = Vec::new();
         let fail = |op: &Op, e: anyhow::Error| OpError { op: op.clone(), error: format!("{e:#}") };
-        let (bridge_ops, entry_ops): (Vec<&Op>, Vec<&Op>) =
-            plan.ops.iter().partition(|o| o.kind() == "bridge");
+        let (bridge_ops, rest): (Vec<&Op>, Vec<&Op>) = plan.ops.iter().partition(|o| o.kind() == "bridge");
+        let (guard_ops, entry_ops): (Vec<&Op>, Vec<&Op>) =
+            rest.into_iter().partition(|o| o.kind() == "guard");
         for op in bridge_ops {
             if let Err(e) = self.exec_bridge_op(op).await {
                 errors.push(fail(op, e));
             }
         }
+        // Guards before routes: a new VM is filtered before it is reachable, and a
+        // removed one loses its routes after its port is back to default deny.
+        errors.extend(self.apply_guards(&guard_ops).await);
         if entry_ops.is_empty() {
             return errors;
         }

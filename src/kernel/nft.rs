@@ -1,5 +1,7 @@
-//! hvroute's nftables table, `inet hvroute`. For now it holds one rule: ICMPv6 redirects
-//! out of the managed bridge are dropped (design.md §1). IPv6 has no `send_redirects`
+//! hvroute's nftables tables. `inet hvroute` holds the rule that drops ICMPv6 redirects
+//! out of the managed bridge (design.md §1) and the host protection; `bridge hvroute` the
+//! per-port guards (docs/guards.md, decided in `guard.rs`, loaded here by
+//! [`load_guards`] and read back by [`observe_guards`]). IPv6 has no `send_redirects`
 //! sysctl; without the rule the host tells a guest to reach another guest directly at L2,
 //! so VM-to-VM IPv6 stops being routed through the host (and breaks once ports are
 //! isolated).
@@ -64,6 +66,67 @@ pub fn apply(bridge: &str) -> Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         anyhow::bail!("nft refused the hvroute table: {}", err.lines().next().unwrap_or("").trim());
+    }
+    Ok(())
+}
+
+/// Runs `nft ARGS` and returns its stdout; `None` when nft fails (a missing table reads
+/// as nothing there).
+fn nft_out(args: &[&str]) -> Option<String> {
+    let o = Command::new("nft").args(args).stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// hvroute's guard objects as nftables holds them: the base's fingerprint (when both
+/// tables have their base), the bridge's port set, the NIC map and the NIC chains. Three
+/// `nft -j list` calls; only hvroute's tables are looked at.
+pub fn observe_guards() -> crate::guard::GuardObs {
+    use crate::guard::{parse_chains, parse_map, parse_sets};
+    let mut g = crate::guard::GuardObs::default();
+    let sets = nft_out(&["-j", "list", "sets"]).map(|j| parse_sets(&j)).unwrap_or_default();
+    let inet_base = sets.contains_key(&("inet".to_string(), "uplinks".to_string()));
+    if let Some(base) = sets.get(&("bridge".to_string(), "base".to_string()))
+        && inet_base
+    {
+        g.base = base.iter().next().cloned();
+    }
+    g.ports = sets.get(&("bridge".to_string(), "bridge_ports".to_string())).cloned().unwrap_or_default();
+    if let Some(j) = nft_out(&["-j", "list", "maps", "bridge"]) {
+        g.map = parse_map(&j);
+    }
+    if let Some(j) = nft_out(&["-j", "list", "chains", "bridge"]) {
+        g.chains = parse_chains(&j);
+    }
+    g
+}
+
+/// The packets each of hvroute's named counters dropped (`drop-<mac hex>`, `drop-unbound`,
+/// `drop-to-host`, `drop-forward`).
+pub fn guard_drops() -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for family in ["bridge", "inet"] {
+        if let Some(j) = nft_out(&["-j", "list", "counters", "table", family, "hvroute"]) {
+            out.extend(crate::guard::parse_counters(&j));
+        }
+    }
+    out
+}
+
+/// Loads a guard transaction (`guard::transaction`) with one `nft -f -`: all of it or none.
+pub fn load_guards(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot run nft (install nftables)")?;
+    child.stdin.take().expect("piped").write_all(script.as_bytes()).context("cannot write to nft")?;
+    let out = child.wait_with_output().context("nft did not finish")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or("").trim();
+        anyhow::bail!("nft refused hvroute's guards: {first}");
     }
     Ok(())
 }

@@ -379,6 +379,10 @@ router_id = "10.255.0.1"
 # These tests check the kernel side only; the FRR tests run their own FRR.
 [frr]
 enabled = false
+
+# No BGP peer here: the way out is named (docs/guards.md).
+[guard]
+uplinks = ["{HV_UPLINK}"]
 "#,
             state = state.display(),
             socket = self.socket.display(),
