@@ -32,15 +32,25 @@ use crate::plan::{Desired, Observed, Op};
 pub const BRIDGE_TABLE: &str = "bridge hvroute";
 /// The inet table (shared with the ICMPv6 redirect filter): host protection.
 pub const INET_TABLE: &str = "inet hvroute";
+/// The netdev table: what the bridge passes up to the host from ports no pass has seen.
+pub const NETDEV_TABLE: &str = "netdev hvroute";
 /// Named counter of frames from ports bound to no NIC.
 pub const UNBOUND_COUNTER: &str = "drop-unbound";
 /// The packet mark bit that the bridge table sets on frames from guarded ports, so that
 /// the host protection applies to VM traffic only (a physical port on the bridge, where an
 /// admin forced the take-over, keeps reaching the host).
 pub const VM_MARK: u32 = 0x0010_0000;
+/// The mark bit on frames from the bridge's physical ports (a take-over the admin forced):
+/// traffic that is neither marked so nor as a VM's came from a port no pass has seen yet,
+/// and is dropped at the host.
+pub const TRUSTED_MARK: u32 = 0x0020_0000;
 /// Named counters of the host protection.
 pub const HOST_COUNTER: &str = "drop-to-host";
 pub const FORWARD_COUNTER: &str = "drop-forward";
+/// Named counter (netdev table) of packets from bridge ports no pass has seen yet.
+pub const UNSEEN_COUNTER: &str = "drop-unseen";
+/// Neither a VM's frame nor a physical port's: from a port that joined since the last pass.
+const UNSEEN: &str = "meta mark and 0x00300000 == 0";
 
 /// What the guards must look like, from config and desired state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -49,6 +59,8 @@ pub struct Want {
     /// Every port of the managed bridge that filtering applies to: the observed ports and
     /// every port a NIC is bound to by name.
     pub ports: BTreeSet<String>,
+    /// The bridge's physical ports: not filtered, and known as such.
+    pub trusted: BTreeSet<String>,
     /// Bound ports and the NIC each carries.
     pub bound: BTreeMap<String, NicRules>,
     /// Routed NICs with no port yet: their frames cannot enter, they forward nothing.
@@ -84,6 +96,8 @@ pub struct GuardObs {
     pub base: Option<String>,
     /// Elements of the `bridge_ports` set.
     pub ports: BTreeSet<String>,
+    /// Elements of the `trusted_ports` set.
+    pub trusted: BTreeSet<String>,
     /// Elements of the `port_nics` map: port to (chain, fingerprint comment).
     pub map: BTreeMap<String, (String, Option<String>)>,
     /// The `nic-*` chains that exist.
@@ -206,6 +220,7 @@ impl Base {
         let mut s = String::new();
         let _ = writeln!(s, "add table {BRIDGE_TABLE}");
         let _ = writeln!(s, "add set {BRIDGE_TABLE} bridge_ports {{ type ifname; }}");
+        let _ = writeln!(s, "add set {BRIDGE_TABLE} trusted_ports {{ type ifname; }}");
         let _ = writeln!(s, "add map {BRIDGE_TABLE} port_nics {{ type ifname : verdict; }}");
         let _ = writeln!(s, "add set {BRIDGE_TABLE} base {{ type ifname; }}");
         let _ = writeln!(s, "add counter {BRIDGE_TABLE} {UNBOUND_COUNTER}");
@@ -216,10 +231,26 @@ impl Base {
         let _ = writeln!(s, "flush chain {BRIDGE_TABLE} ports");
         // Frames from other bridges' ports pass; from the managed bridge's ports, a bound
         // port jumps to its NIC's chain; anything else is dropped (default deny).
+        let _ = writeln!(
+            s,
+            "add rule {BRIDGE_TABLE} ports iifname @trusted_ports meta mark set meta mark or {TRUSTED_MARK:#010x} accept"
+        );
         let _ = writeln!(s, "add rule {BRIDGE_TABLE} ports iifname != @bridge_ports accept");
         let _ = writeln!(s, "add rule {BRIDGE_TABLE} ports meta mark set meta mark or {VM_MARK:#010x}");
         let _ = writeln!(s, "add rule {BRIDGE_TABLE} ports iifname vmap @port_nics");
         let _ = writeln!(s, "add rule {BRIDGE_TABLE} ports counter name \"{UNBOUND_COUNTER}\" drop");
+
+        // A port no pass has seen yet (added to the bridge a moment ago) reaches no VM at L2.
+        let _ = writeln!(
+            s,
+            "add chain {BRIDGE_TABLE} to_vms {{ type filter hook forward priority -300; policy accept; }}"
+        );
+        let _ = writeln!(s, "flush chain {BRIDGE_TABLE} to_vms");
+        let _ = writeln!(
+            s,
+            "add rule {BRIDGE_TABLE} to_vms oifname @bridge_ports iifname != @bridge_ports iifname != @trusted_ports \
+             counter name \"{UNBOUND_COUNTER}\" drop"
+        );
 
         let _ = writeln!(s, "add table {INET_TABLE}");
         let _ = writeln!(s, "add set {INET_TABLE} uplinks {{ type ifname; }}");
@@ -275,6 +306,17 @@ impl Base {
             s,
             "add rule {INET_TABLE} forward iifname \"{br}\" meta mark and {VM_MARK:#010x} != 0 jump vm_out"
         );
+        // What the bridge passes up to the host (to it, or to be routed) from a port that
+        // joined since the last pass carries neither mark: dropped before the IP layer.
+        let _ = writeln!(s, "add table {NETDEV_TABLE}");
+        let _ = writeln!(s, "add counter {NETDEV_TABLE} {UNSEEN_COUNTER}");
+        let _ = writeln!(
+            s,
+            "add chain {NETDEV_TABLE} bridge_in {{ type filter hook ingress device \"{br}\" priority -500; policy accept; }}"
+        );
+        let _ = writeln!(s, "flush chain {NETDEV_TABLE} bridge_in");
+        let _ =
+            writeln!(s, "add rule {NETDEV_TABLE} bridge_in {UNSEEN} counter name \"{UNSEEN_COUNTER}\" drop");
         let _ = writeln!(s, "flush set {BRIDGE_TABLE} base");
         let _ = writeln!(s, "add element {BRIDGE_TABLE} base {{ \"{}\" }}", self.fingerprint());
         s
@@ -349,7 +391,15 @@ pub fn want(d: &Desired, o: &Observed) -> Option<Want> {
             }
         }
     }
-    Some(Want { base, ports, bound, unbound_nics, present })
+    let trusted: BTreeSet<String> = o
+        .bridge
+        .iter()
+        .flat_map(|b| b.ports.iter())
+        .filter(|p| matches!(p.kind, crate::plan::PortKind::Other(_)))
+        .map(|p| p.name.clone())
+        .filter(|n| !bound.contains_key(n))
+        .collect();
+    Some(Want { base, ports, trusted, bound, unbound_nics, present })
 }
 
 /// The guard ops that turn `o` into `w` (`None`: guards off, so hvroute's guard objects go).
@@ -371,7 +421,9 @@ pub fn plan(w: Option<&Want>, o: &GuardObs, only: Option<&BTreeSet<Mac>>) -> Vec
     // Ports first: a new port is filtered (default deny) before anything else happens.
     // For one VM (the hook), only its own ports are added; the full pass does the rest.
     match only {
-        None if w.ports != o.ports => ops.push(Op::GuardPorts { ports: w.ports.clone() }),
+        None if w.ports != o.ports || w.trusted != o.trusted => {
+            ops.push(Op::GuardPorts { ports: w.ports.clone(), trusted: w.trusted.clone() })
+        }
         None => {}
         Some(_) => {
             let mine = w.bound.iter().filter(|(_, n)| wanted(&n.mac)).map(|(p, _)| p);
@@ -379,7 +431,7 @@ pub fn plan(w: Option<&Want>, o: &GuardObs, only: Option<&BTreeSet<Mac>>) -> Vec
             if !missing.is_empty() {
                 let mut ports = o.ports.clone();
                 ports.extend(missing.into_iter().cloned());
-                ops.push(Op::GuardPorts { ports });
+                ops.push(Op::GuardPorts { ports, trusted: o.trusted.clone() });
             }
         }
     }
@@ -422,14 +474,16 @@ pub fn transaction(ops: &[Op]) -> Option<String> {
     for op in ops {
         match op {
             Op::GuardBase { base } => s.push_str(&base.commands()),
-            Op::GuardPorts { ports } => {
-                let _ = writeln!(s, "flush set {BRIDGE_TABLE} bridge_ports");
-                if !ports.is_empty() {
-                    let _ = writeln!(
-                        s,
-                        "add element {BRIDGE_TABLE} bridge_ports {}",
-                        set_always(ports.iter().map(|p| format!("\"{p}\"")))
-                    );
+            Op::GuardPorts { ports, trusted } => {
+                for (name, items) in [("bridge_ports", ports), ("trusted_ports", trusted)] {
+                    let _ = writeln!(s, "flush set {BRIDGE_TABLE} {name}");
+                    if !items.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "add element {BRIDGE_TABLE} {name} {}",
+                            set_always(items.iter().map(|p| format!("\"{p}\"")))
+                        );
+                    }
                 }
             }
             Op::GuardNic { port, nic, replace } => {
@@ -465,6 +519,8 @@ pub fn transaction(ops: &[Op]) -> Option<String> {
             Op::RemoveGuards => {
                 let _ = writeln!(s, "add table {BRIDGE_TABLE}");
                 let _ = writeln!(s, "delete table {BRIDGE_TABLE}");
+                let _ = writeln!(s, "add table {NETDEV_TABLE}");
+                let _ = writeln!(s, "delete table {NETDEV_TABLE}");
                 for c in ["input", "forward", "vm_to_host", "vm_out"] {
                     let _ = writeln!(s, "add chain {INET_TABLE} {c}");
                     let _ = writeln!(s, "flush chain {INET_TABLE} {c}");
@@ -525,7 +581,17 @@ pub fn parse_sets(json: &str) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
-/// Parses `nft -j list chains bridge` into the names of hvroute's NIC chains.
+/// Whether `nft -j list chains` shows hvroute's netdev `bridge_in` chain (it goes when the
+/// bridge device goes).
+pub fn has_bridge_in(json: &str) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return false };
+    v["nftables"].as_array().into_iter().flatten().any(|item| {
+        let c = &item["chain"];
+        c["family"] == "netdev" && c["table"] == "hvroute" && c["name"] == "bridge_in"
+    })
+}
+
+/// Parses `nft -j list chains` into the names of hvroute's NIC chains.
 pub fn parse_chains(json: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return out };

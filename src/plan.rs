@@ -348,6 +348,8 @@ pub enum Op {
     /// The ports of the managed bridge that filtering applies to (default deny).
     GuardPorts {
         ports: BTreeSet<String>,
+        /// The bridge's physical ports, known and unfiltered.
+        trusted: BTreeSet<String>,
     },
     /// A NIC's chain, and its port's map element (`replace`: the element exists).
     GuardNic {
@@ -464,9 +466,12 @@ impl fmt::Display for Plan {
                     "~ guard base: bridge ports default deny, host protection, uplinks {}",
                     base.uplinks.iter().cloned().collect::<Vec<_>>().join(",")
                 )?,
-                Op::GuardPorts { ports } => {
-                    writeln!(f, "~ guard ports: {} ports of the bridge", ports.len())?
-                }
+                Op::GuardPorts { ports, trusted } => writeln!(
+                    f,
+                    "~ guard ports: {} ports of the bridge, {} physical",
+                    ports.len(),
+                    trusted.len()
+                )?,
                 Op::GuardNic { port, nic, .. } => writeln!(
                     f,
                     "~ guard {port}: MAC {} with {} IPv4, {} IPv6 addresses",

@@ -155,7 +155,7 @@ proptest! {
                     mine.iter().any(|a| d.addrs.get(a) == Some(&nic.mac) || d.pending.get(a) == Some(&nic.mac)),
                     "{op:?} is not this VM's NIC"
                 ),
-                plan::Op::GuardPorts { ports } => prop_assert!(obs.guard.ports.is_subset(ports), "{op:?} removes ports"),
+                plan::Op::GuardPorts { ports, .. } => prop_assert!(obs.guard.ports.is_subset(ports), "{op:?} removes ports"),
                 plan::Op::IsolatePort { .. } => {}
                 // Bridge set-up only where there was no bridge, and only when asked.
                 _ => prop_assert!(obs.bridge.is_none() && create_bridge, "{op:?} on an existing bridge"),

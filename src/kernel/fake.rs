@@ -93,7 +93,10 @@ impl Fake {
                 s.neighs.insert((*addr, idx), Some(*mac));
             }
             Op::GuardBase { base } => s.guard.base = Some(base.fingerprint()),
-            Op::GuardPorts { ports } => s.guard.ports = ports.clone(),
+            Op::GuardPorts { ports, trusted } => {
+                s.guard.ports = ports.clone();
+                s.guard.trusted = trusted.clone();
+            }
             Op::GuardNic { port, nic, .. } => {
                 s.guard.chains.insert(nic.chain());
                 s.guard.map.insert(port.clone(), (nic.chain(), Some(nic.fingerprint())));

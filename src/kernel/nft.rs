@@ -78,25 +78,26 @@ fn nft_out(args: &[&str]) -> Option<String> {
 }
 
 /// hvroute's guard objects as nftables holds them: the base's fingerprint (when both
-/// tables have their base), the bridge's port set, the NIC map and the NIC chains. Three
-/// `nft -j list` calls; only hvroute's tables are looked at.
+/// tables have their base and the bridge device its ingress chain), the bridge's port sets,
+/// the NIC map and the NIC chains. Three `nft -j list` calls; only hvroute's tables are
+/// looked at.
 pub fn observe_guards() -> crate::guard::GuardObs {
-    use crate::guard::{parse_chains, parse_map, parse_sets};
+    use crate::guard::{has_bridge_in, parse_chains, parse_map, parse_sets};
     let mut g = crate::guard::GuardObs::default();
     let sets = nft_out(&["-j", "list", "sets"]).map(|j| parse_sets(&j)).unwrap_or_default();
-    let inet_base = sets.contains_key(&("inet".to_string(), "uplinks".to_string()));
+    let chains = nft_out(&["-j", "list", "chains"]).unwrap_or_default();
+    let inet_base = sets.contains_key(&("inet".to_string(), "uplinks".to_string())) && has_bridge_in(&chains);
     if let Some(base) = sets.get(&("bridge".to_string(), "base".to_string()))
         && inet_base
     {
         g.base = base.iter().next().cloned();
     }
     g.ports = sets.get(&("bridge".to_string(), "bridge_ports".to_string())).cloned().unwrap_or_default();
+    g.trusted = sets.get(&("bridge".to_string(), "trusted_ports".to_string())).cloned().unwrap_or_default();
     if let Some(j) = nft_out(&["-j", "list", "maps", "bridge"]) {
         g.map = parse_map(&j);
     }
-    if let Some(j) = nft_out(&["-j", "list", "chains", "bridge"]) {
-        g.chains = parse_chains(&j);
-    }
+    g.chains = parse_chains(&chains);
     g
 }
 
@@ -104,7 +105,7 @@ pub fn observe_guards() -> crate::guard::GuardObs {
 /// `drop-to-host`, `drop-forward`).
 pub fn guard_drops() -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
-    for family in ["bridge", "inet"] {
+    for family in ["bridge", "inet", "netdev"] {
         if let Some(j) = nft_out(&["-j", "list", "counters", "table", family, "hvroute"]) {
             out.extend(crate::guard::parse_counters(&j));
         }
