@@ -245,7 +245,11 @@ print('\n'.join(ok))
     args.extend(targets.iter().map(String::as_str));
     let o = run("ip", &args);
     assert!(o.status.success(), "the connect attempts from {ns} failed to run: {}", show(&o));
-    stdout(&o).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect()
+    let mut ok: Vec<String> =
+        stdout(&o).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect();
+    // In the order asked, not the order they connected in.
+    ok.sort_by_key(|t| targets.iter().position(|x| x == t));
+    ok
 }
 
 /// A TCP listener on every address of NS (IPv4 and IPv6) on PORT, until dropped.
