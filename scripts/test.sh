@@ -55,7 +55,8 @@ export RUST_BACKTRACE=0
 need_root
 # xorriso, mtools, dosfstools: ConfigDrive images (built by xorriso; read back by xorriso,
 # mtools and genisoimage's isoinfo in tests/configdrive_image.rs). util-linux: blkid.
-ensure_packages xorriso mtools dosfstools genisoimage util-linux
+# iptables (iptables-nft): the foreign rules of tests/netns_guard.rs.
+ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables
 ensure_cargo
 ensure_libvirt
 # cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the

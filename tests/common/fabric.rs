@@ -28,6 +28,8 @@
 //!        │       numbered: 10.255.N.0/31 (spine) and .1 (hv), 2001:db8:fffe:N::1 and ::2)
 //!   <tag>-hvN     FRR (AS 65000+N, pathspace <ps>hN) and `hvroute daemon`
 //!      cloudbr0 ── vMp ── eth0 in <tag>-hNvM   (a VM, configured like a cloud-init guest)
+//!      stor0 10.255.200.1/24, 2001:db8:fffd::1/64 ── eth0 in <tag>-hN-stor (.2, ::2; on
+//!            request, [`Hv::add_storage`]: a storage network VMs must not reach)
 //! ```
 //!
 //! VM M on hypervisor N has 192.0.2.(50N+M) and 2001:db8:100::N:M (by the hypervisor's
@@ -502,6 +504,22 @@ pub fn fib_via(fib: &BTreeMap<String, Value>, dev: &str) -> BTreeSet<String> {
         .filter(|(_, r)| r.get("dev").and_then(Value::as_str) == Some(dev))
         .map(|(p, _)| p.clone())
         .collect()
+}
+
+/// The hypervisor's side of the storage network ([`Hv::add_storage`]).
+pub const STORAGE_HV4: &str = "10.255.200.1";
+pub const STORAGE_HV6: &str = "2001:db8:fffd::1";
+pub const STORAGE4: &str = "10.255.200.2";
+pub const STORAGE6: &str = "2001:db8:fffd::2";
+
+/// A storage (or management) network behind a hypervisor: a namespace on its own link.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub ns: String,
+    /// The link's name in the hypervisor namespace.
+    pub hv_if: String,
+    pub ip4: String,
+    pub ip6: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1044,6 +1062,52 @@ pathspace = "{ps}"
             self.attach(&vm);
         }
         vm
+    }
+
+    /// As [`Hv::make_vm`], with the addresses given instead of the hypervisor's stack (an
+    /// IPv4-only or IPv6-only guest on a dual-stack host, or a guest with an address that
+    /// no VM is registered with).
+    pub fn make_vm_with(&mut self, m: u8, ip4: Option<&str>, ip6: Option<&str>) -> Vm {
+        let n = self.n;
+        let vm = Vm {
+            name: format!("vm{m}"),
+            ns: format!("{}v{m}", self.vm_prefix),
+            port: format!("v{m}p"),
+            mac: format!("52:54:00:00:{n:02x}:{m:02x}"),
+            ip4: ip4.map(str::to_string),
+            ip6: ip6.map(str::to_string),
+        };
+        add_netns(&mut self.namespaces, &vm.ns, false);
+        ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {}", vm.port, vm.ns));
+        configure_guest(&vm);
+        if bridge_exists(&self.ns) {
+            self.attach(&vm);
+        }
+        vm
+    }
+
+    /// A storage network behind this hypervisor, which VMs must never reach: namespace
+    /// `<hv's VM prefix>-stor` linked by its own veth (`stor0` here, 10.255.200.1/24 and
+    /// 2001:db8:fffd::1/64; `eth0` there, .2 and ::2), routing the pools back through the
+    /// hypervisor, so that only a filter on the hypervisor can keep a VM out.
+    pub fn add_storage(&mut self) -> Storage {
+        let st = Storage {
+            ns: format!("{}-stor", self.vm_prefix),
+            hv_if: "stor0".to_string(),
+            ip4: STORAGE4.to_string(),
+            ip6: STORAGE6.to_string(),
+        };
+        add_netns(&mut self.namespaces, &st.ns, true);
+        ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {}", st.hv_if, st.ns));
+        ip(&self.ns, &format!("addr add {STORAGE_HV4}/24 dev {}", st.hv_if));
+        ip(&self.ns, &format!("-6 addr add {STORAGE_HV6}/64 dev {} nodad", st.hv_if));
+        ip(&self.ns, &format!("link set {} up", st.hv_if));
+        ip(&st.ns, &format!("addr add {}/24 dev eth0", st.ip4));
+        ip(&st.ns, &format!("-6 addr add {}/64 dev eth0 nodad", st.ip6));
+        ip(&st.ns, "link set eth0 up");
+        ip(&st.ns, &format!("route add {POOL4} via {STORAGE_HV4} dev eth0"));
+        ip(&st.ns, &format!("-6 route add {POOL6} via {STORAGE_HV6} dev eth0"));
+        st
     }
 
     /// `hvroute vm add NAME --mac M --ip A... --port P`, which answers after a daemon pass
