@@ -32,8 +32,6 @@ use crate::plan::{Desired, Observed, Op};
 pub const BRIDGE_TABLE: &str = "bridge hvroute";
 /// The inet table (shared with the ICMPv6 redirect filter): host protection.
 pub const INET_TABLE: &str = "inet hvroute";
-/// The netdev table: what the bridge passes up to the host from ports no pass has seen.
-pub const NETDEV_TABLE: &str = "netdev hvroute";
 /// Named counter of frames from ports bound to no NIC.
 pub const UNBOUND_COUNTER: &str = "drop-unbound";
 /// The packet mark bit that the bridge table sets on frames from guarded ports, so that
@@ -47,7 +45,7 @@ pub const TRUSTED_MARK: u32 = 0x0020_0000;
 /// Named counters of the host protection.
 pub const HOST_COUNTER: &str = "drop-to-host";
 pub const FORWARD_COUNTER: &str = "drop-forward";
-/// Named counter (netdev table) of packets from bridge ports no pass has seen yet.
+/// Named counter (inet table) of packets from bridge ports no pass has seen yet.
 pub const UNSEEN_COUNTER: &str = "drop-unseen";
 /// Neither a VM's frame nor a physical port's: from a port that joined since the last pass.
 const UNSEEN: &str = "meta mark and 0x00300000 == 0";
@@ -306,17 +304,20 @@ impl Base {
             s,
             "add rule {INET_TABLE} forward iifname \"{br}\" meta mark and {VM_MARK:#010x} != 0 jump vm_out"
         );
-        // What the bridge passes up to the host (to it, or to be routed) from a port that
-        // joined since the last pass carries neither mark: dropped before the IP layer.
-        let _ = writeln!(s, "add table {NETDEV_TABLE}");
-        let _ = writeln!(s, "add counter {NETDEV_TABLE} {UNSEEN_COUNTER}");
+        // What the bridge passes up (to the host, or to be routed) from a port that joined
+        // since the last pass carries neither mark: dropped as it enters the IP layer,
+        // before conntrack. (A netdev ingress chain on the bridge device would act earlier,
+        // but frames the bridge passes up do not traverse it: measured on kernel 6.18.)
+        let _ = writeln!(s, "add counter {INET_TABLE} {UNSEEN_COUNTER}");
         let _ = writeln!(
             s,
-            "add chain {NETDEV_TABLE} bridge_in {{ type filter hook ingress device \"{br}\" priority -500; policy accept; }}"
+            "add chain {INET_TABLE} unseen {{ type filter hook prerouting priority -450; policy accept; }}"
         );
-        let _ = writeln!(s, "flush chain {NETDEV_TABLE} bridge_in");
-        let _ =
-            writeln!(s, "add rule {NETDEV_TABLE} bridge_in {UNSEEN} counter name \"{UNSEEN_COUNTER}\" drop");
+        let _ = writeln!(s, "flush chain {INET_TABLE} unseen");
+        let _ = writeln!(
+            s,
+            "add rule {INET_TABLE} unseen iifname \"{br}\" {UNSEEN} counter name \"{UNSEEN_COUNTER}\" drop"
+        );
         let _ = writeln!(s, "flush set {BRIDGE_TABLE} base");
         let _ = writeln!(s, "add element {BRIDGE_TABLE} base {{ \"{}\" }}", self.fingerprint());
         s
@@ -450,6 +451,17 @@ pub fn plan(w: Option<&Want>, o: &GuardObs, only: Option<&BTreeSet<Mac>>) -> Vec
         }
     }
     if only.is_some() {
+        // A chain this VM's ports no longer jump to, and no other NIC wants, goes too.
+        let kept: BTreeSet<String> = w.bound.values().map(NicRules::chain).collect();
+        for (port, nic) in w.bound.iter().filter(|(_, n)| wanted(&n.mac)) {
+            if let Some((old, _)) = o.map.get(port)
+                && *old != nic.chain()
+                && !kept.contains(old)
+                && o.chains.contains(old)
+            {
+                ops.push(Op::DelGuardChain { chain: old.clone() });
+            }
+        }
         return ops;
     }
     // What no NIC wants any more: map elements of ports bound to nothing, then chains.
@@ -519,13 +531,11 @@ pub fn transaction(ops: &[Op]) -> Option<String> {
             Op::RemoveGuards => {
                 let _ = writeln!(s, "add table {BRIDGE_TABLE}");
                 let _ = writeln!(s, "delete table {BRIDGE_TABLE}");
-                let _ = writeln!(s, "add table {NETDEV_TABLE}");
-                let _ = writeln!(s, "delete table {NETDEV_TABLE}");
-                for c in ["input", "forward", "vm_to_host", "vm_out"] {
+                for c in ["unseen", "input", "forward", "vm_to_host", "vm_out"] {
                     let _ = writeln!(s, "add chain {INET_TABLE} {c}");
                     let _ = writeln!(s, "flush chain {INET_TABLE} {c}");
                 }
-                for c in ["input", "forward", "vm_to_host", "vm_out"] {
+                for c in ["unseen", "input", "forward", "vm_to_host", "vm_out"] {
                     let _ = writeln!(s, "delete chain {INET_TABLE} {c}");
                 }
             }
@@ -581,13 +591,13 @@ pub fn parse_sets(json: &str) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
-/// Whether `nft -j list chains` shows hvroute's netdev `bridge_in` chain (it goes when the
-/// bridge device goes).
-pub fn has_bridge_in(json: &str) -> bool {
+/// Whether `nft -j list chains` shows hvroute's inet chain `unseen` (the base's last hook
+/// chain to be added).
+pub fn has_unseen_chain(json: &str) -> bool {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return false };
     v["nftables"].as_array().into_iter().flatten().any(|item| {
         let c = &item["chain"];
-        c["family"] == "netdev" && c["table"] == "hvroute" && c["name"] == "bridge_in"
+        c["family"] == "inet" && c["table"] == "hvroute" && c["name"] == "unseen"
     })
 }
 

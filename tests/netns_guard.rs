@@ -110,6 +110,24 @@ fn counters(ns: &str, rules: &[(&str, &str)]) {
     sh_in_ok(ns, &format!("nft -f - <<'EOF'\n{t}EOF"));
 }
 
+/// As [`counters`], but counted in the input and forward hooks after every filter (priority
+/// 100): what the host took in or sent on. Read with [`count`].
+fn delivered_counters(ns: &str, rules: &[(&str, &str)]) {
+    let mut t = String::from("table inet hvtcap {\n");
+    for (name, _) in rules {
+        t.push_str(&format!("  counter {name} {{ }}\n"));
+    }
+    for hook in ["input", "forward"] {
+        t.push_str(&format!("  chain {hook} {{\n    type filter hook {hook} priority 100; policy accept;\n"));
+        for (name, m) in rules {
+            t.push_str(&format!("    {m} counter name \"{name}\"\n"));
+        }
+        t.push_str("  }\n");
+    }
+    t.push_str("}\n");
+    sh_in_ok(ns, &format!("nft -f - <<'EOF'\n{t}EOF"));
+}
+
 /// The packets counted so far by counter NAME of [`counters`] in NS.
 fn count(ns: &str, name: &str) -> u64 {
     let out = sh_in_ok(ns, &format!("nft -j list counter inet hvtcap {name}"));
@@ -582,15 +600,18 @@ fn vm_cannot_reach_the_storage_network() {
 /// Prevents: a port on the bridge that no VM is bound to (a tap left behind, a port an
 /// admin or another tool added, a VM CloudStack started without hvroute knowing)
 /// forwarding traffic with whatever addresses its guest picks. Default deny: its pings to
-/// the outside and to the gateways get no answer, and nothing from it reaches the
-/// hypervisor's IP layer or the outside host.
+/// the outside and to the gateways get no answer, and nothing from it is taken in by the
+/// hypervisor, forwarded, or seen by the outside host.
 #[test]
 fn unbound_port_forwards_nothing() {
     let mut f = guarded("gunbound", 1);
     let a = vm(&f, 1);
     let stray = f.hv_mut(1).make_vm_with(9, Some(STRAY4), Some(STRAY6));
     let hv_ns = f.hv(1).ns.clone();
-    counters(
+    // Counted where a packet is delivered to the host or forwarded (after every filter):
+    // what arrives before the daemon has seen the port is dropped as it enters the IP
+    // layer, which a prerouting counter would still see.
+    delivered_counters(
         &hv_ns,
         &[
             ("stray", &format!("iifname \"{BRIDGE}\" ether saddr {}", stray.mac)),

@@ -133,7 +133,7 @@ fn fifty_concurrent_started_hooks_all_land_and_release_cleanly() {
         .collect();
     let xmls: Vec<String> = vms
         .iter()
-        .map(|(n, mac, a4, a6)| simple_xml(n, mac, &[a4, a6], Some(&format!("tap{}", &mac[12..14]))))
+        .map(|(n, mac, a4, a6)| simple_xml(n, mac, &[a4, a6], Some(&format!("tap{}", &mac[15..17]))))
         .collect();
     let run_all = |op: &str, subop: &str| -> Vec<(std::process::Output, Duration)> {
         std::thread::scope(|s| {

@@ -305,6 +305,21 @@ fn a_domain_with_only_a_configdrive_reaches_the_spine() {
         assert!(has_permanent_neigh(&neighs, a, mac), "no permanent neighbour for {a}\n{neighs:?}");
     }
     assert!(!has_route(&routes, "192.0.2.72"), "the nocloud cdrom was taken for a config-2 drive");
+    // The guards are in place when `started` has returned, while the guest could not yet
+    // have sent a frame: the tap is isolated and bound to the NIC's chain
+    // (docs/guards.md); the other domain's tap, bound to nothing, is in the default-deny set.
+    let taps = lv.taps("hvr-drive");
+    assert_eq!(taps.len(), 1, "{taps:?}");
+    let link = run("ip", &["netns", "exec", &ns, "bridge", "-d", "link", "show", "dev", &taps[0]]);
+    assert!(stdout(&link).contains("isolated on"), "tap {} is not isolated: {}", taps[0], show(&link));
+    let map = run("ip", &["netns", "exec", &ns, "nft", "list", "map", "bridge", "hvroute", "port_nics"]);
+    let want = format!("\"{}\"", taps[0]);
+    assert!(
+        stdout(&map).lines().any(|l| l.contains(&want) && l.contains("jump nic-525400000071")),
+        "tap {} is not bound to the NIC's chain: {}",
+        taps[0],
+        show(&map)
+    );
     let t = Instant::now();
     assert!(
         poll_until(Duration::from_secs(10), || on_spine(&f) == 2),

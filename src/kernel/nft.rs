@@ -78,15 +78,16 @@ fn nft_out(args: &[&str]) -> Option<String> {
 }
 
 /// hvroute's guard objects as nftables holds them: the base's fingerprint (when both
-/// tables have their base and the bridge device its ingress chain), the bridge's port sets,
+/// tables have their base), the bridge's port sets,
 /// the NIC map and the NIC chains. Three `nft -j list` calls; only hvroute's tables are
 /// looked at.
 pub fn observe_guards() -> crate::guard::GuardObs {
-    use crate::guard::{has_bridge_in, parse_chains, parse_map, parse_sets};
+    use crate::guard::{has_unseen_chain, parse_chains, parse_map, parse_sets};
     let mut g = crate::guard::GuardObs::default();
     let sets = nft_out(&["-j", "list", "sets"]).map(|j| parse_sets(&j)).unwrap_or_default();
     let chains = nft_out(&["-j", "list", "chains"]).unwrap_or_default();
-    let inet_base = sets.contains_key(&("inet".to_string(), "uplinks".to_string())) && has_bridge_in(&chains);
+    let inet_base =
+        sets.contains_key(&("inet".to_string(), "uplinks".to_string())) && has_unseen_chain(&chains);
     if let Some(base) = sets.get(&("bridge".to_string(), "base".to_string()))
         && inet_base
     {
@@ -105,7 +106,7 @@ pub fn observe_guards() -> crate::guard::GuardObs {
 /// `drop-to-host`, `drop-forward`).
 pub fn guard_drops() -> std::collections::BTreeMap<String, u64> {
     let mut out = std::collections::BTreeMap::new();
-    for family in ["bridge", "inet", "netdev"] {
+    for family in ["bridge", "inet"] {
         if let Some(j) = nft_out(&["-j", "list", "counters", "table", family, "hvroute"]) {
             out.extend(crate::guard::parse_counters(&j));
         }
