@@ -851,3 +851,55 @@ fn status_shows_per_vm_drop_counters() {
         last.1
     );
 }
+
+/// Prevents: a site's allow-list (`guard.host_allow`, `guard.forward_allow`) or a NIC chain
+/// that nft refuses, which would leave every guard of the pass unloaded (one transaction).
+/// The rendered rules load into a real nft, read back with the allow rules and the NIC
+/// chain, and hvroute's observation of them plans nothing more.
+#[test]
+fn allow_lists_and_nic_chains_load_into_nft() {
+    use hvroute::config::Config;
+    use hvroute::guard::{self, NicRules};
+    use hvroute::plan::Op;
+    let lab = Lab::new("gload");
+    ip(&lab.hv, &format!("link add {BRIDGE} type bridge"));
+    let cfg = Config::parse(
+        "[pools]\nipv4=[\"192.0.2.0/24\"]\nipv6=[\"2001:db8:100::/40\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n\
+         [guard]\nuplinks=[\"uplink0\"]\nhost_allow=[\"udp/53\",\"tcp/8080\"]\nforward_allow=[\"198.51.100.0/24\",\"2001:db8:fffd::/64\"]\n",
+    )
+    .unwrap();
+    let gc = guard::GuardConfig::from_config(&cfg).expect("guards on");
+    let nic = NicRules {
+        mac: "52:54:00:00:00:61".parse().unwrap(),
+        v4: ["192.0.2.61".parse().unwrap()].into(),
+        v6: ["2001:db8:100::61".parse().unwrap(), "2001:db8:100::62".parse().unwrap()].into(),
+    };
+    let ops = [
+        Op::GuardBase { base: gc.base.clone() },
+        Op::GuardPorts { ports: ["v1p".to_string()].into(), trusted: ["eno1".to_string()].into() },
+        Op::GuardNic { port: "v1p".into(), nic: nic.clone(), replace: false },
+    ];
+    let script = guard::transaction(&ops).expect("guard ops render");
+    sh_in_ok(&lab.hv, &format!("nft -f - <<'EOF'\n{script}EOF"));
+    let rules = sh_in_ok(&lab.hv, "nft list ruleset");
+    for want in [
+        "udp dport 53 accept",
+        "tcp dport 8080 accept",
+        "ip daddr 198.51.100.0/24 accept",
+        "ip6 daddr 2001:db8:fffd::/64 accept",
+        "chain nic-525400000061",
+        "ether saddr != 52:54:00:00:00:61",
+        "@th,64,128 0x20010db8010000000000000000000062 accept",
+    ] {
+        assert!(rules.contains(want), "{want:?} is not in the loaded rules:\n{rules}");
+    }
+    // Loading the same again changes nothing (the script is idempotent but for the
+    // element, which is then replaced).
+    let again = guard::transaction(&[
+        Op::GuardBase { base: gc.base.clone() },
+        Op::GuardNic { port: "v1p".into(), nic, replace: true },
+    ])
+    .unwrap();
+    sh_in_ok(&lab.hv, &format!("nft -f - <<'EOF'\n{again}EOF"));
+    assert_eq!(sh_in_ok(&lab.hv, "nft list ruleset"), rules, "a second load changed the rules");
+}

@@ -181,29 +181,41 @@ fn libvirt_runs_the_hook_for_real_domains() {
     );
 }
 
+/// A spine and one hypervisor with real FRR and `hvroute daemon` (`common/fabric.rs`), and
+/// libvirtd in the hypervisor's namespace with hvroute's hook installed. (Drop the
+/// libvirt first: it is declared last.)
+fn fabric_with_libvirt(tag: &str) -> (common::fabric::Fabric, Libvirt) {
+    use common::fabric::{Fabric, HvSpec, Peering};
+    let mut f = Fabric::new(tag, &[HvSpec::new(Peering::Unnumbered)]);
+    f.start_daemons();
+    let (ns, cfg) = (f.hv(1).ns.clone(), f.hv(1).cfg.clone());
+    let mut lv = Libvirt::new(&ns);
+    let hooks = lv.hooks_dir();
+    hvroute_ok_in(&ns, &cfg, &["hook", "install", "--dir", hooks.to_str().unwrap()]);
+    lv.start();
+    (f, lv)
+}
+
+/// How many of `want` the spine holds from AS `asn`.
+fn spine_holds(f: &common::fabric::Fabric, asn: u32, want: &[String]) -> usize {
+    use common::fabric::rib_from;
+    let sf = f.spine_frr();
+    let (r4, r6) = (rib_from(&sf.rib("ipv4"), asn), rib_from(&sf.rib("ipv6"), asn));
+    want.iter().filter(|p| r4.contains(*p) || r6.contains(*p)).count()
+}
+
 /// Prevents: a VM that libvirt starts being routed on the hypervisor but never reaching
 /// the fabric (the daemon not told, or FRR not), or staying on the spine after `virsh
 /// destroy`. A spine and a hypervisor with real FRR and `hvroute daemon`
 /// (`common/fabric.rs`), and libvirtd in the hypervisor's namespace.
 #[test]
 fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
-    use common::fabric::{Fabric, HvSpec, Peering, rib_from};
     let _one = one_libvirt();
-    let mut f = Fabric::new("lvf", &[HvSpec::new(Peering::Unnumbered)]);
-    f.start_daemons();
-    let hv = f.hv(1);
-    let (ns, cfg, asn) = (hv.ns.clone(), hv.cfg.clone(), hv.asn);
-    let mut lv = Libvirt::new(&ns);
-    let hooks = lv.hooks_dir();
-    hvroute_ok_in(&ns, &cfg, &["hook", "install", "--dir", hooks.to_str().unwrap()]);
-    lv.start();
+    let (f, lv) = fabric_with_libvirt("lvf");
+    let asn = f.hv(1).asn;
     let (a4, a6) = ("192.0.2.61", "2001:db8:100::61");
     let want = [format!("{a4}/32"), format!("{a6}/128")];
-    let on_spine = |f: &Fabric| {
-        let sf = f.spine_frr();
-        let (r4, r6) = (rib_from(&sf.rib("ipv4"), asn), rib_from(&sf.rib("ipv6"), asn));
-        want.iter().filter(|p| r4.contains(*p) || r6.contains(*p)).count()
-    };
+    let on_spine = |f: &common::fabric::Fabric| spine_holds(f, asn, &want);
     let xml =
         domain("hvr-spine", "52:54:00:00:00:61", Some(&hvroute_metadata("52:54:00:00:00:61", &[a4, a6])));
     let o = lv.create("hvr-spine", &xml);
@@ -232,16 +244,10 @@ fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
 /// configdrive build`, attached as a cdrom, and read by the hook that real libvirt runs.
 #[test]
 fn a_domain_with_only_a_configdrive_reaches_the_spine() {
-    use common::fabric::{Fabric, HvSpec, Peering, rib_from};
     let _one = one_libvirt();
-    let mut f = Fabric::new("lvd", &[HvSpec::new(Peering::Unnumbered)]);
-    f.start_daemons();
+    let (f, lv) = fabric_with_libvirt("lvd");
     let hv = f.hv(1);
     let (ns, cfg, asn) = (hv.ns.clone(), hv.cfg.clone(), hv.asn);
-    let mut lv = Libvirt::new(&ns);
-    let hooks = lv.hooks_dir();
-    hvroute_ok_in(&ns, &cfg, &["hook", "install", "--dir", hooks.to_str().unwrap()]);
-    lv.start();
     let (mac, a4, a6) = ("52:54:00:00:00:71", "192.0.2.71", "2001:db8:100::71");
     let iso = lv.dir.path().join("hvr-drive.iso");
     hvroute_ok_in(
@@ -285,11 +291,7 @@ fn a_domain_with_only_a_configdrive_reaches_the_spine() {
         ],
     );
     let want = [format!("{a4}/32"), format!("{a6}/128")];
-    let on_spine = |f: &Fabric| {
-        let sf = f.spine_frr();
-        let (r4, r6) = (rib_from(&sf.rib("ipv4"), asn), rib_from(&sf.rib("ipv6"), asn));
-        want.iter().filter(|p| r4.contains(*p) || r6.contains(*p)).count()
-    };
+    let on_spine = |f: &common::fabric::Fabric| spine_holds(f, asn, &want);
 
     let xml = domain_with("hvr-other", "52:54:00:00:00:72", None, &cdrom(other.to_str().unwrap()));
     let o = lv.create("hvr-other", &xml);

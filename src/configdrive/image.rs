@@ -133,13 +133,7 @@ pub fn read(bytes: &[u8]) -> Result<Image, ImageError> {
 /// refused. Errors name the path.
 pub fn read_path(path: &Path) -> Result<Image, ImageError> {
     let io = |what, source| ImageError::Io { what, path: path.to_path_buf(), source };
-    // O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| io("cannot open", e))?;
-    let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
+    let (file, meta) = open_untrusted(path)?;
     let kind = meta.file_type();
     if !kind.is_file() {
         let kind = if kind.is_dir() {
@@ -165,6 +159,19 @@ pub fn read_path(path: &Path) -> Result<Image, ImageError> {
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(MAX_IMAGE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| io("cannot read", e))?;
     read(&bytes).map_err(in_file)
+}
+
+/// Opens `path` for reading without blocking (a FIFO with no writer returns at once instead
+/// of waiting for one) and without taking a terminal, and stats what was opened.
+fn open_untrusted(path: &Path) -> Result<(File, std::fs::Metadata), ImageError> {
+    let io = |what, source| ImageError::Io { what, path: path.to_path_buf(), source };
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| io("cannot open", e))?;
+    let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
+    Ok((file, meta))
 }
 
 /// Labels both formats can store as given: FAT allows 11 bytes, and cloud-init's labels
@@ -324,12 +331,7 @@ impl Collector {
 /// nature, is read whole. `Err` only when the file cannot be opened or read.
 pub fn probe_label(path: &Path) -> Result<Option<String>, ImageError> {
     let io = |what, source| ImageError::Io { what, path: path.to_path_buf(), source };
-    let file = File::options()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| io("cannot open", e))?;
-    let meta = file.metadata().map_err(|e| io("cannot stat", e))?;
+    let (file, meta) = open_untrusted(path)?;
     if !meta.file_type().is_file() || meta.len() > MAX_IMAGE_BYTES {
         return Ok(None);
     }

@@ -54,20 +54,7 @@ pub fn observe(bridge: &str) -> bool {
 
 /// Loads the transaction with `nft -f -`.
 pub fn apply(bridge: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run nft (install nftables)")?;
-    child.stdin.take().expect("piped").write_all(render(bridge).as_bytes()).context("cannot write to nft")?;
-    let out = child.wait_with_output().context("nft did not finish")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("nft refused the hvroute table: {}", err.lines().next().unwrap_or("").trim());
-    }
-    Ok(())
+    load(&render(bridge), "the hvroute table")
 }
 
 /// Runs `nft ARGS` and returns its stdout; `None` when nft fails (a missing table reads
@@ -116,6 +103,11 @@ pub fn guard_drops() -> std::collections::BTreeMap<String, u64> {
 
 /// Loads a guard transaction (`guard::transaction`) with one `nft -f -`: all of it or none.
 pub fn load_guards(script: &str) -> Result<()> {
+    load(script, "hvroute's guards")
+}
+
+/// One `nft -f -` transaction; an error names `what` and nft's first line.
+fn load(script: &str, what: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -127,8 +119,7 @@ pub fn load_guards(script: &str) -> Result<()> {
     let out = child.wait_with_output().context("nft did not finish")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let first = err.lines().next().unwrap_or("").trim();
-        anyhow::bail!("nft refused hvroute's guards: {first}");
+        anyhow::bail!("nft refused {what}: {}", err.lines().next().unwrap_or("").trim());
     }
     Ok(())
 }
