@@ -122,34 +122,45 @@ impl NicRules {
         format!("drop-{}", Self::hex(&self.mac))
     }
 
-    /// The chain's rules, in order (docs/guards.md).
+    /// The chain's rules, in order (docs/guards.md). No anonymous sets: a list of values is
+    /// several `!=` matches in one rule, because nft reads every set of a table (anonymous
+    /// ones included) on each command, which made each command cost about 0.2 s at 1,000
+    /// NICs (measured).
     pub fn rules(&self) -> Vec<String> {
         let mac = self.mac;
         let drop = format!("counter name \"{}\" drop", self.counter());
+        let not_any = |what: &str, vals: &mut dyn Iterator<Item = String>| -> String {
+            vals.map(|v| format!("{what} != {v}")).collect::<Vec<_>>().join(" ")
+        };
         let mut r = vec![format!("ether saddr != {mac} {drop}")];
         if self.v4.is_empty() {
             r.push(format!("ether type arp {drop}"));
             r.push(format!("ether type ip {drop}"));
         } else {
-            let v4 = set(self.v4.iter().map(|a| a.to_string()));
             r.push(format!("ether type arp arp saddr ether != {mac} {drop}"));
-            r.push(format!(
-                "ether type arp arp saddr ip != {} {drop}",
-                set(std::iter::once("0.0.0.0".to_string()).chain(self.v4.iter().map(|a| a.to_string())))
-            ));
+            let senders = not_any(
+                "arp saddr ip",
+                &mut std::iter::once("0.0.0.0".to_string()).chain(self.v4.iter().map(|a| a.to_string())),
+            );
+            r.push(format!("ether type arp {senders} {drop}"));
             r.push("ether type arp accept".into());
             r.push(format!("ether type ip udp sport 67 {drop}"));
-            r.push(format!("ether type ip ip saddr != {v4} {drop}"));
+            let sources = not_any("ip saddr", &mut self.v4.iter().map(|a| a.to_string()));
+            r.push(format!("ether type ip {sources} {drop}"));
             r.push("ether type ip accept".into());
         }
         r.push("ether type 0x8035 accept".into());
         r.push(format!("ether type ip6 ip6 saddr fe80::1 {drop}"));
-        r.push(format!("ether type ip6 icmpv6 type {{ nd-router-advert, nd-redirect }} {drop}"));
+        r.push(format!("ether type ip6 icmpv6 type nd-router-advert {drop}"));
+        r.push(format!("ether type ip6 icmpv6 type nd-redirect {drop}"));
         r.push(format!("ether type ip6 udp sport 547 {drop}"));
-        let sources = set(["::".to_string(), "fe80::/64".to_string()]
-            .into_iter()
-            .chain(self.v6.iter().map(|a| a.to_string())));
-        r.push(format!("ether type ip6 ip6 saddr != {sources} {drop}"));
+        let sources = not_any(
+            "ip6 saddr",
+            &mut ["::".to_string(), "fe80::/64".to_string()]
+                .into_iter()
+                .chain(self.v6.iter().map(|a| a.to_string())),
+        );
+        r.push(format!("ether type ip6 {sources} {drop}"));
         for a in &self.v6 {
             r.push(format!(
                 "ether type ip6 icmpv6 type nd-neighbor-advert @th,64,128 0x{:032x} accept",
@@ -331,13 +342,7 @@ impl Base {
 }
 
 /// Bumped when the rendering changes, so that hosts re-install the base.
-const GUARD_VERSION: u32 = 1;
-
-/// `{ a, b }`, or `a` alone (nft prints a one-element set as the element).
-fn set(items: impl Iterator<Item = String>) -> String {
-    let v: Vec<String> = items.collect();
-    if v.len() == 1 { v[0].clone() } else { format!("{{ {} }}", v.join(", ")) }
-}
+const GUARD_VERSION: u32 = 2;
 
 /// FNV-1a, 64 bit: a stable fingerprint, not a security boundary.
 fn fnv(s: &str) -> u64 {
@@ -653,7 +658,12 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("ip saddr != 192.0.2.51 counter"), "{r}");
-        assert!(r.contains("ip6 saddr != { ::, fe80::/64, 2001:db8:100::51 }"), "{r}");
+        assert!(r.contains("arp saddr ip != 0.0.0.0 arp saddr ip != 192.0.2.51 counter"), "{r}");
+        assert!(
+            r.contains("ip6 saddr != :: ip6 saddr != fe80::/64 ip6 saddr != 2001:db8:100::51 counter"),
+            "{r}"
+        );
+        assert!(!r.contains('{'), "an anonymous set: {r}");
         assert!(r.contains("@th,64,128 0x20010db8010000000000000000000051 accept"), "{r}");
         assert!(r.contains("!= 0xfe800000000000000000000000000001 accept"), "{r}");
         assert!(r.ends_with("counter name \"drop-525400000051\" drop"), "{r}");
