@@ -583,8 +583,11 @@ pub fn plan_vm(d: &Desired, o: &Observed, addrs: &BTreeSet<IpAddr>, create_bridg
         Some(ob) => Some(ob.ifindex),
     };
     // This VM's guards (and the base, when missing) go in before its routes.
-    if let Some(w) = crate::guard::want(d, o) {
-        let macs: BTreeSet<Mac> = want.values().copied().collect();
+    // (A VM with nothing routed here, as at `release`, leaves its chain to the next pass.)
+    let macs: BTreeSet<Mac> = want.values().copied().collect();
+    if !macs.is_empty()
+        && let Some(w) = crate::guard::want(d, o)
+    {
         p.ops.extend(crate::guard::plan(Some(&w), &o.guard, Some(&macs)));
     }
     let routes: BTreeSet<RouteKey> = o.routes.iter().filter(|r| addrs.contains(&r.addr)).copied().collect();

@@ -67,7 +67,13 @@ impl Netlink {
     /// owned routes for one address with different metrics it sees the preferred one; a
     /// neighbour lookup sees the bridge's entry. The daemon's full pass sees everything.
     pub async fn observe_for_vm(&mut self, desired: &Desired, addrs: &BTreeSet<IpAddr>) -> Result<Observed> {
-        let (bridge, guard) = self.observe_guarded(desired).await?;
+        // The guards matter only for a VM with something routed here (not at `release`).
+        let routed = addrs.iter().any(|a| desired.addrs.contains_key(a) || desired.pending.contains_key(a));
+        let (bridge, guard) = if routed {
+            self.observe_guarded(desired).await?
+        } else {
+            self.observe_bridge_and_guards(None).await?
+        };
         let Some(bridge) = bridge else { return self.observe(desired).await };
         let (proto, ifindex) = (self.proto, bridge.ifindex);
         let this = &*self;

@@ -66,15 +66,22 @@ fn nft_out(args: &[&str]) -> Option<String> {
 
 /// hvroute's guard objects as nftables holds them: the base's fingerprint (when both
 /// tables have their base), the bridge's port sets,
-/// the NIC map and the NIC chains. Three `nft -j list` calls; only hvroute's tables are
-/// looked at.
+/// the NIC map and the NIC chains. One `nft -j -f -` batch of three lists; only hvroute's
+/// tables are looked at.
 pub fn observe_guards() -> crate::guard::GuardObs {
     use crate::guard::{has_unseen_chain, parse_chains, parse_map, parse_sets};
     let mut g = crate::guard::GuardObs::default();
-    let sets = nft_out(&["-j", "list", "sets"]).map(|j| parse_sets(&j)).unwrap_or_default();
-    let chains = nft_out(&["-j", "list", "chains"]).unwrap_or_default();
-    let inet_base =
-        sets.contains_key(&("inet".to_string(), "uplinks".to_string())) && has_unseen_chain(&chains);
+    // One nft process for the three lists: a JSON batch prints one document each.
+    let batch = r#"{"nftables":[{"list":{"sets":{}}},{"list":{"maps":{}}},{"list":{"chains":{}}}]}"#;
+    let Some(out) = nft_with_stdin(&["-j", "-f", "-"], batch) else { return g };
+    let items: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter::<serde_json::Value>()
+        .filter_map(Result::ok)
+        .flat_map(|doc| doc["nftables"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let all = serde_json::json!({ "nftables": items }).to_string();
+    let sets = parse_sets(&all);
+    let inet_base = sets.contains_key(&("inet".to_string(), "uplinks".to_string())) && has_unseen_chain(&all);
     if let Some(base) = sets.get(&("bridge".to_string(), "base".to_string()))
         && inet_base
     {
@@ -82,11 +89,23 @@ pub fn observe_guards() -> crate::guard::GuardObs {
     }
     g.ports = sets.get(&("bridge".to_string(), "bridge_ports".to_string())).cloned().unwrap_or_default();
     g.trusted = sets.get(&("bridge".to_string(), "trusted_ports".to_string())).cloned().unwrap_or_default();
-    if let Some(j) = nft_out(&["-j", "list", "maps", "bridge"]) {
-        g.map = parse_map(&j);
-    }
-    g.chains = parse_chains(&chains);
+    g.map = parse_map(&all);
+    g.chains = parse_chains(&all);
     g
+}
+
+/// Runs `nft ARGS` with `input` on stdin and returns its stdout; `None` when nft fails.
+fn nft_with_stdin(args: &[&str], input: &str) -> Option<String> {
+    let mut child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(input.as_bytes()).ok()?;
+    let o = child.wait_with_output().ok()?;
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// The packets each of hvroute's named counters dropped (`drop-<mac hex>`, `drop-unbound`,
