@@ -56,6 +56,17 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `configdrive build --name NAME --mac 52:54:00:00:00:01 --ip 192.0.2.29 --out DIR/OUT` and
+/// `extra`.
+fn build_one(d: &Dir, name: &str, out: &str, extra: &[&str]) -> Output {
+    let out = d.path(out);
+    let mut args =
+        vec!["configdrive", "build", "--name", name, "--mac", "52:54:00:00:00:01", "--ip", "192.0.2.29"];
+    args.extend(["--out", s(&out)]);
+    args.extend(extra);
+    hvroute(&args)
+}
+
 const KEY: &[u8] =
     b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHvrouteTestKeyOnlyForTheTestSuite0000000000 admin@example\n";
 
@@ -236,36 +247,12 @@ fn build_is_deterministic_and_show_reads_it_back() {
         }
     }
     // The uuid is derived from the name unless given.
-    let r = hvroute(&[
-        "configdrive",
-        "build",
-        "--name",
-        "web1",
-        "--mac",
-        "52:54:00:00:00:01",
-        "--ip",
-        "192.0.2.29",
-        "--out",
-        s(&d.path("x.iso")),
-        "--json",
-    ]);
+    let r = build_one(&d, "web1", "x.iso", &["--json"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let v: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
     let uuid = v["uuid"].as_str().unwrap().to_string();
     assert_eq!(uuid.len(), 36, "{uuid}");
-    let r = hvroute(&[
-        "configdrive",
-        "build",
-        "--name",
-        "web2",
-        "--mac",
-        "52:54:00:00:00:01",
-        "--ip",
-        "192.0.2.29",
-        "--out",
-        s(&d.path("y.iso")),
-        "--json",
-    ]);
+    let r = build_one(&d, "web2", "y.iso", &["--json"]);
     let v2: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
     assert_ne!(v2["uuid"].as_str().unwrap(), uuid, "two names, one uuid");
 }
@@ -280,18 +267,7 @@ fn show_refuses_what_is_not_a_drive() {
     let text = d.write("notes.txt", b"hello\n");
     assert_refused(&hvroute(&["configdrive", "show", &text]), "notes.txt");
     // A well-formed image whose label is not a ConfigDrive's.
-    let r = hvroute(&[
-        "configdrive",
-        "build",
-        "--name",
-        "web1",
-        "--mac",
-        "52:54:00:00:00:01",
-        "--ip",
-        "192.0.2.29",
-        "--out",
-        s(&d.path("ok.iso")),
-    ]);
+    let r = build_one(&d, "web1", "ok.iso", &[]);
     assert!(r.status.success(), "{}", stderr(&r));
     let mut img = std::fs::read(d.path("ok.iso")).unwrap();
     // Truncated in the middle of its directory records.

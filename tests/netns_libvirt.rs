@@ -196,6 +196,32 @@ fn fabric_with_libvirt(tag: &str) -> (common::fabric::Fabric, Libvirt) {
     (f, lv)
 }
 
+/// After `virsh create` of DOMAIN returned: both its prefixes reach the spine (`on_spine`
+/// counts them), and leave it with `virsh destroy`.
+fn spine_round_trip(
+    f: &common::fabric::Fabric,
+    lv: &Libvirt,
+    domain: &str,
+    on_spine: impl Fn(&common::fabric::Fabric) -> usize,
+) {
+    let t = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(f) == 2),
+        "{domain}'s prefixes did not reach the spine\n{}\n{}",
+        f.diagnostics(),
+        lv.diagnostics()
+    );
+    eprintln!("virsh create returned; the spine held both prefixes {:?} later", t.elapsed());
+    lv.virsh_ok(&["destroy", domain]);
+    let t = Instant::now();
+    assert!(
+        poll_until(Duration::from_secs(10), || on_spine(f) == 0),
+        "{domain}'s prefixes stayed on the spine after virsh destroy\n{}",
+        f.diagnostics()
+    );
+    eprintln!("virsh destroy returned; the spine dropped both prefixes {:?} later", t.elapsed());
+}
+
 /// How many of `want` the spine holds from AS `asn`.
 fn spine_holds(f: &common::fabric::Fabric, asn: u32, want: &[String]) -> usize {
     use common::fabric::rib_from;
@@ -220,22 +246,7 @@ fn a_libvirt_domain_reaches_the_spine_and_leaves_it() {
         domain("hvr-spine", "52:54:00:00:00:61", Some(&hvroute_metadata("52:54:00:00:00:61", &[a4, a6])));
     let o = lv.create("hvr-spine", &xml);
     assert!(o.status.success(), "virsh create failed: {}\n{}", show(&o), lv.diagnostics());
-    let t = Instant::now();
-    assert!(
-        poll_until(Duration::from_secs(10), || on_spine(&f) == 2),
-        "the domain's prefixes did not reach the spine\n{}\n{}",
-        f.diagnostics(),
-        lv.diagnostics()
-    );
-    eprintln!("virsh create returned; the spine held both prefixes {:?} later", t.elapsed());
-    lv.virsh_ok(&["destroy", "hvr-spine"]);
-    let t = Instant::now();
-    assert!(
-        poll_until(Duration::from_secs(10), || on_spine(&f) == 0),
-        "the domain's prefixes stayed on the spine after virsh destroy\n{}",
-        f.diagnostics()
-    );
-    eprintln!("virsh destroy returned; the spine dropped both prefixes {:?} later", t.elapsed());
+    spine_round_trip(&f, &lv, "hvr-spine", on_spine);
 }
 
 /// Prevents: a VM that carries only a ConfigDrive (CloudStack's routed guests, no hvroute
@@ -322,19 +333,6 @@ fn a_domain_with_only_a_configdrive_reaches_the_spine() {
         taps[0],
         show(&map)
     );
-    let t = Instant::now();
-    assert!(
-        poll_until(Duration::from_secs(10), || on_spine(&f) == 2),
-        "the drive's prefixes did not reach the spine\n{}\n{}",
-        f.diagnostics(),
-        lv.diagnostics()
-    );
-    eprintln!("virsh create returned; the spine held both prefixes {:?} later", t.elapsed());
-    lv.virsh_ok(&["destroy", "hvr-drive"]);
-    assert!(
-        poll_until(Duration::from_secs(10), || on_spine(&f) == 0),
-        "the drive's prefixes stayed on the spine after virsh destroy\n{}",
-        f.diagnostics()
-    );
+    spine_round_trip(&f, &lv, "hvr-drive", on_spine);
     lv.virsh_ok(&["destroy", "hvr-other"]);
 }
