@@ -388,30 +388,8 @@ fn cmd_reconcile(cfg: &Config, dry_run: bool, force: bool, json: bool) -> Result
 
 /// Parses `mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME]`.
 fn parse_nic(spec: &str) -> Result<Nic, Invalid> {
-    let mut mac = None;
-    let mut addresses = BTreeSet::new();
-    let mut port = None;
-    for part in spec.split(',') {
-        match part.split_once('=') {
-            Some(("mac", v)) if mac.is_none() => mac = Some(v.parse::<Mac>()?),
-            Some(("ip", v)) => {
-                if !addresses.insert(v.parse::<HostAddr>()?) {
-                    return Err(Invalid(format!("invalid --nic {spec:?}: address {v} is given twice")));
-                }
-            }
-            Some(("port", v)) if port.is_none() => port = Some(v.parse::<IfName>()?),
-            _ => {
-                return Err(Invalid(format!(
-                    "invalid --nic {spec:?}: expected mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME], not {part:?}"
-                )));
-            }
-        }
-    }
-    let mac = mac.ok_or_else(|| Invalid(format!("invalid --nic {spec:?}: mac= is missing")))?;
-    if addresses.is_empty() {
-        return Err(Invalid(format!("invalid --nic {spec:?}: give at least one ip=")));
-    }
-    Ok(Nic { mac, addresses, port })
+    let a: model::NicArg = spec.parse()?;
+    Ok(Nic { mac: a.mac, addresses: a.addresses.into_iter().collect(), port: a.port })
 }
 
 fn spec_from_args(cfg: &Config, a: &AddArgs) -> Result<VmSpec, Invalid> {

@@ -183,6 +183,48 @@ impl fmt::Display for HostAddr {
 }
 serde_via_str!(HostAddr);
 
+/// A `--nic` argument, `mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME]`, as written: the
+/// addresses in their order (none twice), the port if given. Shared by `vm add` and
+/// `configdrive build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicArg {
+    pub mac: Mac,
+    pub addresses: Vec<HostAddr>,
+    pub port: Option<IfName>,
+}
+
+impl FromStr for NicArg {
+    type Err = Invalid;
+    fn from_str(spec: &str) -> Result<Self, Invalid> {
+        let mut mac = None;
+        let mut addresses: Vec<HostAddr> = Vec::new();
+        let mut port = None;
+        for part in spec.split(',') {
+            match part.split_once('=') {
+                Some(("mac", v)) if mac.is_none() => mac = Some(v.parse::<Mac>()?),
+                Some(("ip", v)) => {
+                    let a: HostAddr = v.parse()?;
+                    if addresses.contains(&a) {
+                        return invalid(format!("invalid --nic {spec:?}: address {v} is given twice"));
+                    }
+                    addresses.push(a);
+                }
+                Some(("port", v)) if port.is_none() => port = Some(v.parse::<IfName>()?),
+                _ => {
+                    return invalid(format!(
+                        "invalid --nic {spec:?}: expected mac=MAC,ip=ADDR[,ip=ADDR...][,port=IFNAME], not {part:?}"
+                    ));
+                }
+            }
+        }
+        let mac = mac.ok_or_else(|| Invalid(format!("invalid --nic {spec:?}: mac= is missing")))?;
+        if addresses.is_empty() {
+            return invalid(format!("invalid --nic {spec:?}: give at least one ip="));
+        }
+        Ok(NicArg { mac, addresses, port })
+    }
+}
+
 /// One VM network interface on the managed bridge. Identity is (bridge, MAC); with one
 /// managed bridge per host, the MAC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -239,31 +239,18 @@ pub fn seed_from_args(a: &BuildArgs) -> Result<Seed> {
     Ok(Seed { name, uuid, nics, dns, ssh_keys, user_data, mtu: a.mtu })
 }
 
-/// Parses `mac=MAC,ip=ADDR[,ip=ADDR...]`, keeping the addresses' order.
+/// Parses `mac=MAC,ip=ADDR[,ip=ADDR...]` (as `vm add` does), keeping the addresses' order.
 fn parse_nic(spec: &str) -> Result<SeedNic, Invalid> {
-    let mut mac = None;
-    let mut addresses = Vec::new();
-    for part in spec.split(',') {
-        match part.split_once('=') {
-            Some(("mac", v)) if mac.is_none() => mac = Some(v.parse()?),
-            Some(("ip", v)) => addresses.push(guest_addr(v)?),
-            Some(("port", _)) => {
-                return Err(Invalid(format!(
-                    "invalid --nic {spec:?}: port= names a bridge port on a hypervisor and has no place on a drive"
-                )));
-            }
-            _ => {
-                return Err(Invalid(format!(
-                    "invalid --nic {spec:?}: expected mac=MAC,ip=ADDR[,ip=ADDR...], not {part:?}"
-                )));
-            }
-        }
+    let a: crate::model::NicArg = spec.parse()?;
+    if a.port.is_some() {
+        return Err(Invalid(format!(
+            "invalid --nic {spec:?}: port= names a bridge port on a hypervisor and has no place on a drive"
+        )));
     }
-    let mac = mac.ok_or_else(|| Invalid(format!("invalid --nic {spec:?}: mac= is missing")))?;
-    if addresses.is_empty() {
-        return Err(Invalid(format!("invalid --nic {spec:?}: give at least one ip=")));
+    for addr in &a.addresses {
+        guest_addr(&addr.to_string())?;
     }
-    Ok(SeedNic { mac, addresses })
+    Ok(SeedNic { mac: a.mac, addresses: a.addresses })
 }
 
 /// A guest's host address: unicast, and not one a routed guest cannot hold (the gateways,

@@ -58,7 +58,8 @@ impl Netlink {
     /// What [`crate::plan::plan_vm`] needs (the libvirt hook): the bridge and the owned
     /// routes and neighbours. When the bridge exists, its sysctls, the redirect filter and
     /// the loopbacks are not observed (left empty: `plan_vm` changes nothing about an
-    /// existing bridge), which spares the hook the `nft` fork. When it is missing, this is
+    /// existing bridge), which spares the hook the redirect filter's `nft` fork. The guards
+    /// are observed (one `nft` batch) only when one of `addrs` is routed here. When it is missing, this is
     /// the full [`Kernel::observe`], because the plan sets the bridge up.
     ///
     /// Routes and neighbours are looked up for `addrs` only, with one request per object
@@ -69,11 +70,7 @@ impl Netlink {
     pub async fn observe_for_vm(&mut self, desired: &Desired, addrs: &BTreeSet<IpAddr>) -> Result<Observed> {
         // The guards matter only for a VM with something routed here (not at `release`).
         let routed = addrs.iter().any(|a| desired.addrs.contains_key(a) || desired.pending.contains_key(a));
-        let (bridge, guard) = if routed {
-            self.observe_guarded(desired).await?
-        } else {
-            self.observe_bridge_and_guards(None).await?
-        };
+        let (bridge, guard) = self.observe_bridge_and_guards(routed, &peer_addrs(desired)).await?;
         let Some(bridge) = bridge else { return self.observe(desired).await };
         let (proto, ifindex) = (self.proto, bridge.ifindex);
         let this = &*self;
@@ -91,41 +88,42 @@ impl Netlink {
         Ok(Observed { bridge: Some(bridge), routes, neighs, guard, ..Observed::default() })
     }
 
-    /// The bridge and, when guards are on, their kernel side.
-    async fn observe_guarded(
+    /// `ip route get ADDR` by netlink: the kernel's answers. With `fib_match`, the route
+    /// entry that matched (`RTM_F_FIB_MATCH`) rather than a synthesised result.
+    fn route_get(
         &self,
-        desired: &Desired,
-    ) -> Result<(Option<BridgeObs>, crate::guard::GuardObs)> {
-        match &desired.guard {
-            Some(g) => self.observe_bridge_and_guards(Some(&g.peer_addrs)).await,
-            // Guards off: only whether hvroute's guard objects are still there, to remove them.
-            None => {
-                let (b, _) = self.observe_bridge_and_guards(None).await?;
-                let g = tokio::task::spawn_blocking(super::nft::observe_guards)
-                    .await
-                    .context("nft observation failed")?;
-                Ok((b, g))
-            }
-        }
-    }
-
-    /// The owned host route the kernel uses for ADDR, if that is one.
-    async fn get_route(&self, addr: IpAddr, proto: u8) -> Result<Option<RouteKey>> {
-        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        addr: IpAddr,
+        fib_match: bool,
+    ) -> std::result::Result<
+        impl futures::Stream<
+            Item = netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+        >,
+        rtnetlink::Error,
+    > {
+        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage};
         use netlink_packet_route::RouteNetlinkMessage as M;
         use netlink_packet_route::route::RouteFlags;
         let mut msg = RouteMessage::default();
-        let full = if addr.is_ipv4() { 32 } else { 128 };
         msg.header.address_family = family(addr);
-        msg.header.destination_prefix_length = full;
-        msg.header.flags = RouteFlags::FibMatch;
+        msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        if fib_match {
+            msg.header.flags = RouteFlags::FibMatch;
+        }
         msg.attributes.push(RouteAttribute::Destination(match addr {
             IpAddr::V4(a) => RouteAddress::Inet(a),
             IpAddr::V6(a) => RouteAddress::Inet6(a),
         }));
         let mut req = NetlinkMessage::from(M::GetRoute(msg));
         req.header.flags = NLM_F_REQUEST;
-        let mut resp = self.handle.clone().request(req).context("cannot ask for a route")?;
+        self.handle.clone().request(req)
+    }
+
+    /// The owned host route the kernel uses for ADDR, if that is one.
+    async fn get_route(&self, addr: IpAddr, proto: u8) -> Result<Option<RouteKey>> {
+        use netlink_packet_core::NetlinkPayload;
+        use netlink_packet_route::RouteNetlinkMessage as M;
+        let full = if addr.is_ipv4() { 32 } else { 128 };
+        let mut resp = self.route_get(addr, true).context("cannot ask for a route")?;
         let mut out = None;
         while let Some(m) = resp.next().await {
             match m.payload {
@@ -225,27 +223,29 @@ impl Netlink {
     }
 
     /// The bridge, and the guards' kernel side: isolated ports, the interfaces of the
-    /// routes to `peer_addrs` (numbered BGP peers), and (with `peer_addrs`) hvroute's
-    /// nftables guard objects.
+    /// routes to `peer_addrs` (numbered BGP peers), and (with `nft`) hvroute's nftables
+    /// guard objects.
     async fn observe_bridge_and_guards(
         &self,
-        peer_addrs: Option<&BTreeSet<IpAddr>>,
+        nft: bool,
+        peer_addrs: &BTreeSet<IpAddr>,
     ) -> Result<(Option<BridgeObs>, crate::guard::GuardObs)> {
         let links = self.links().await?;
-        let mut guard = crate::guard::GuardObs::default();
-        if let Some(peers) = peer_addrs {
-            let nft = tokio::task::spawn_blocking(super::nft::observe_guards);
-            for a in peers {
-                if let Some(oif) = self.route_oif(*a).await
-                    && let Some(l) = links.iter().find(|l| l.header.index == oif)
-                    && let Some(n) = link_name(l)
-                {
-                    guard.peer_ifaces.insert(n.to_string());
-                }
+        let listed = nft.then(|| tokio::task::spawn_blocking(super::nft::observe_guards));
+        let mut peer_ifaces = BTreeSet::new();
+        for a in peer_addrs {
+            if let Some(oif) = self.route_oif(*a).await
+                && let Some(l) = links.iter().find(|l| l.header.index == oif)
+                && let Some(n) = link_name(l)
+            {
+                peer_ifaces.insert(n.to_string());
             }
-            let g = nft.await.context("nft observation failed")?;
-            guard = crate::guard::GuardObs { peer_ifaces: guard.peer_ifaces, ..g };
         }
+        let mut guard = match listed {
+            Some(task) => task.await.context("nft observation failed")?,
+            None => crate::guard::GuardObs::default(),
+        };
+        guard.peer_ifaces = peer_ifaces;
         let br_index =
             links.iter().find(|l| link_name(l) == Some(self.bridge.as_str())).map(|l| l.header.index);
         if let Some(idx) = br_index {
@@ -263,18 +263,9 @@ impl Netlink {
 
     /// The interface the kernel's route to `addr` leaves by, if it has one.
     async fn route_oif(&self, addr: IpAddr) -> Option<u32> {
-        use netlink_packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+        use netlink_packet_core::NetlinkPayload;
         use netlink_packet_route::RouteNetlinkMessage as M;
-        let mut msg = RouteMessage::default();
-        msg.header.address_family = family(addr);
-        msg.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
-        msg.attributes.push(RouteAttribute::Destination(match addr {
-            IpAddr::V4(a) => RouteAddress::Inet(a),
-            IpAddr::V6(a) => RouteAddress::Inet6(a),
-        }));
-        let mut req = NetlinkMessage::from(M::GetRoute(msg));
-        req.header.flags = NLM_F_REQUEST;
-        let mut resp = self.handle.clone().request(req).ok()?;
+        let mut resp = self.route_get(addr, false).ok()?;
         while let Some(m) = resp.next().await {
             if let NetlinkPayload::InnerMessage(M::NewRoute(r)) = m.payload {
                 return r.attributes.iter().find_map(|a| match a {
@@ -615,6 +606,11 @@ fn link_mac(l: &LinkMessage) -> Option<Mac> {
     })
 }
 
+/// The numbered BGP peers, whose routes' interfaces are uplinks for the guards.
+fn peer_addrs(desired: &Desired) -> BTreeSet<IpAddr> {
+    desired.guard.as_ref().map(|g| g.peer_addrs.clone()).unwrap_or_default()
+}
+
 /// Whether a bridge port has `isolated on` (the port's slave data in a link dump).
 fn port_isolated(l: &LinkMessage) -> bool {
     use netlink_packet_route::link::{InfoBridgePort, InfoPortData};
@@ -645,7 +641,8 @@ impl Kernel for Netlink {
     }
 
     async fn observe(&mut self, desired: &Desired) -> Result<Observed> {
-        let (bridge, guard) = self.observe_guarded(desired).await?;
+        // hvroute's guard objects, with guards off too: what is left of them must go.
+        let (bridge, guard) = self.observe_bridge_and_guards(true, &peer_addrs(desired)).await?;
         let sysctls = desired
             .bridge
             .sysctls

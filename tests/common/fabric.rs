@@ -1046,22 +1046,9 @@ pathspace = "{ps}"
     /// port in the hypervisor. Not yet stored in hvroute (see [`Hv::register`]).
     pub fn make_vm(&mut self, m: u8) -> Vm {
         let n = self.n;
-        let vm = Vm {
-            name: format!("vm{m}"),
-            ns: format!("{}v{m}", self.vm_prefix),
-            port: format!("v{m}p"),
-            mac: format!("52:54:00:00:{n:02x}:{m:02x}"),
-            ip4: self.spec.v4.then(|| format!("192.0.2.{}", 50 * u32::from(n) + u32::from(m))),
-            ip6: self.spec.v6.then(|| format!("2001:db8:100::{n:x}:{m:x}")),
-        };
-        let ns = vm.ns.clone();
-        add_netns(&mut self.namespaces, &ns, false);
-        ip(&self.ns, &format!("link add {} type veth peer name eth0 netns {ns}", vm.port));
-        configure_guest(&vm);
-        if bridge_exists(&self.ns) {
-            self.attach(&vm);
-        }
-        vm
+        let ip4 = self.spec.v4.then(|| format!("192.0.2.{}", 50 * u32::from(n) + u32::from(m)));
+        let ip6 = self.spec.v6.then(|| format!("2001:db8:100::{n:x}:{m:x}"));
+        self.make_vm_with(m, ip4.as_deref(), ip6.as_deref())
     }
 
     /// As [`Hv::make_vm`], with the addresses given instead of the hypervisor's stack (an
