@@ -45,8 +45,20 @@ pub struct Cli {
     /// Configuration file.
     #[arg(long, global = true, value_name = "FILE", default_value = config::DEFAULT_PATH)]
     pub config: PathBuf,
+    /// How log lines on stderr look: `text` for people, `json` (one object per line) for
+    /// journald, Loki or jq. RUST_LOG sets the level (the daemon logs at info, other
+    /// commands at warn).
+    #[arg(long, global = true, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -155,12 +167,18 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
-    init_logging(matches!(cli.cmd, Cmd::Daemon { .. }));
+    let format = cli.log_format;
+    init_logging(matches!(cli.cmd, Cmd::Daemon { .. }), format);
     match run(cli) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("hvroute: {e:#}");
-            exit_code(&e)
+            let code = exit_code(&e);
+            match format {
+                LogFormat::Text => eprintln!("hvroute: {e:#}"),
+                // The one sentence, as a log object a collector can parse like the rest.
+                LogFormat::Json => tracing::error!(exit_code = code, "{e:#}"),
+            }
+            code
         }
     }
 }
@@ -172,16 +190,20 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if usage { 2 } else { 1 }
 }
 
-fn init_logging(daemon: bool) {
+fn init_logging(daemon: bool, format: LogFormat) {
     let default = if daemon { "info" } else { "warn" };
+    // The final error is always shown, whatever RUST_LOG says.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+        .add_directive("hvroute::cli=error".parse().expect("a valid directive"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => fmt.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => {
+            fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        }
+    };
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

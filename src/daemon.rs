@@ -166,6 +166,8 @@ pub struct Daemon<K: Kernel> {
     frr: Option<FrrSide>,
     last_pass: Option<PassSummary>,
     last_error: Option<String>,
+    /// The warnings of the last pass, logged when they appear and when they clear.
+    problems: Repeats,
     started: Instant,
     /// When the daemon first saw each VM in `Arriving` (for `migration.fallback_s`).
     arriving_seen: std::collections::HashMap<crate::model::VmName, Instant>,
@@ -201,6 +203,7 @@ impl<K: Kernel> Daemon<K> {
             frr,
             last_pass: None,
             last_error: None,
+            problems: Repeats::default(),
             started: Instant::now(),
             arriving_seen: Default::default(),
             arriving_macs: Default::default(),
@@ -236,6 +239,9 @@ impl<K: Kernel> Daemon<K> {
         match r {
             Ok((s, running)) => {
                 f.known = Some(running);
+                if let Some(e) = &f.last_error {
+                    info!(was = %e, "FRR sync works again");
+                }
                 if s.adds + s.dels > 0 || s.scaffolding {
                     info!(
                         adds = s.adds,
@@ -251,7 +257,9 @@ impl<K: Kernel> Daemon<K> {
                 f.backoff = Duration::from_secs(1);
             }
             Err(e) => {
-                warn!(error = %e, retry_s = f.backoff.as_secs(), "FRR sync failed; will retry");
+                if f.last_error.as_ref() != Some(&e) {
+                    warn!(error = %e, retry_s = f.backoff.as_secs(), "FRR sync failed; will retry");
+                }
                 f.last_error = Some(e);
                 f.synced = None;
                 f.reread = true;
@@ -563,7 +571,7 @@ impl<K: Kernel> Daemon<K> {
             Err(PassError::Refused(w)) => return Err(PassError::Refused(w)),
             Err(PassError::Failed(e)) => {
                 let msg = format!("{e:#}");
-                warn!(error = %msg, "pass failed; will retry");
+                self.problems.update([format!("pass failed: {msg}")]);
                 self.last_error = Some(msg.clone());
                 self.last_pass = Some(PassSummary { pass: n, errors: vec![msg], ..PassSummary::default() });
                 return Ok(false);
@@ -592,12 +600,12 @@ impl<K: Kernel> Daemon<K> {
         {
             info!(waiting = %w, "pass waits");
         }
-        for e in &out.errors {
-            warn!(error = %e, "op failed; will retry");
-        }
-        for e in out.store_errors.iter().chain(&out.conflicts) {
-            warn!(problem = %e, "state");
-        }
+        self.problems.update(
+            out.errors
+                .iter()
+                .map(|e| format!("op failed: {e}"))
+                .chain(out.store_errors.iter().chain(&out.conflicts).map(|e| format!("state: {e}"))),
+        );
         self.last_error = out.errors.first().map(|e| e.to_string());
         self.last_pass = Some(PassSummary {
             pass: n,
@@ -916,4 +924,50 @@ fn serve_control(path: &std::path::Path, tx: mpsc::UnboundedSender<Input>) -> Re
         }
     });
     Ok(SocketGuard(path.to_owned()))
+}
+
+/// The warnings that persist from pass to pass (an op that keeps failing, a conflict, an
+/// unreadable state file, a pass that cannot run): each is logged once when it appears and
+/// once when it clears, not at every pass or retry. A broken VM, or a guest that keeps
+/// provoking the same failure, must not flood the log at every resync.
+#[derive(Debug, Default)]
+struct Repeats {
+    current: std::collections::BTreeSet<String>,
+}
+
+impl Repeats {
+    /// Takes the warnings of this pass; logs the new ones (warn) and the cleared ones (info).
+    fn update(&mut self, now: impl IntoIterator<Item = String>) -> (usize, usize) {
+        let now: std::collections::BTreeSet<String> = now.into_iter().collect();
+        let new: Vec<&String> = now.difference(&self.current).collect();
+        let gone: Vec<&String> = self.current.difference(&now).collect();
+        for p in &new {
+            warn!(problem = %p, "problem appeared; retried at every pass, logged again when it clears");
+        }
+        for p in &gone {
+            info!(problem = %p, "cleared");
+        }
+        let counts = (new.len(), gone.len());
+        self.current = now;
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Repeats;
+
+    /// A conflict that lasts for a thousand resyncs is one warning, not a thousand.
+    #[test]
+    fn a_lasting_problem_is_logged_when_it_appears_and_when_it_clears() {
+        let mut r = Repeats::default();
+        let p = || ["state: 192.0.2.9 is claimed by two MACs".to_string()];
+        assert_eq!(r.update(p()), (1, 0));
+        for _ in 0..1000 {
+            assert_eq!(r.update(p()), (0, 0));
+        }
+        assert_eq!(r.update(["op failed: route 192.0.2.9/32: busy".to_string()]), (1, 1));
+        assert_eq!(r.update([]), (0, 1));
+        assert_eq!(r.update([]), (0, 0));
+    }
 }

@@ -253,3 +253,34 @@ fn usage_errors_and_help() {
     let help = String::from_utf8_lossy(&o.stdout);
     assert!(help.contains("--nic") && help.contains("--replace") && help.contains("/32"), "{help}");
 }
+
+/// Log collectors (journald with a JSON parser, Loki, jq) take one object per line: with
+/// `--log-format json`, a refusal is one such line with the sentence and the exit code,
+/// and nothing else (tests/netns_core.rs checks the daemon's own lines).
+#[test]
+fn log_format_json_gives_one_object_per_line() {
+    let env = Env::new();
+    let o = env.run(&[
+        "--log-format",
+        "json",
+        "vm",
+        "add",
+        "web1",
+        "--mac",
+        "52:54:00:zz:00:01",
+        "--ip",
+        "192.0.2.9",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let lines: Vec<&str> = std::str::from_utf8(&o.stderr).unwrap().lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {lines:?}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON object");
+    assert_eq!(v["level"], "ERROR", "{v}");
+    assert_eq!(v["exit_code"], 2, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("52:54:00:zz:00:01"), "names the bad value: {v}");
+    assert!(env.state().is_empty());
+
+    let o = env.run(&["--log-format", "yaml", "vm", "list"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("'yaml'"), "{}", stderr(&o));
+}
