@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -394,9 +394,9 @@ pub fn spawn_poller(m: Arc<Metrics>, vtysh: Option<crate::frr::vtysh::Vtysh>, gu
 
 /// Binds `addr` and serves `GET /metrics` from `m` until the runtime stops.
 pub async fn serve(addr: SocketAddr, m: Arc<Metrics>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot serve metrics on {addr} (metrics.listen)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("cannot serve metrics on {addr} (metrics.listen): {}", crate::config::io_reason(&e))
+    })?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
