@@ -12,6 +12,7 @@
 #   ensure_packages [PKG...]       install the missing Debian packages among the defaults and PKG...
 #   ensure_cargo                   make cargo/rustc (>= 1.85) available on PATH, or fail
 #   ensure_libvirt                 libvirtd 9.0, virtlogd, virsh and QEMU from Debian 12, ready to run by hand
+#   ensure_promtool                Debian 12's promtool, unpacked (not installed); sets HVROUTE_PROMTOOL
 #   wait_until TIMEOUT_S DESCRIPTION CMD...   poll CMD every 0.1 s until it succeeds or time runs out
 #   write_doc_block NAME TEXT      replace what stands between <!-- NAME:begin --> and
 #                                  <!-- NAME:end --> in docs/benchmarks.md with TEXT
@@ -279,4 +280,36 @@ with open(path + ".tmp", "w") as f:
 os.replace(path + ".tmp", path)
 PY
     log "docs/benchmarks.md updated"
+}
+
+# ensure_promtool: Debian 12's promtool (from the `prometheus` package), unpacked with dpkg-deb
+# into ${HVROUTE_CACHE:-/var/cache/hvroute-test}/promtool and exported as HVROUTE_PROMTOOL for
+# tests/netns_metrics.rs. A promtool already on PATH is used as it is. The package is not
+# installed: its postinst runs `invoke-rc.d prometheus start` (an init script is shipped), which
+# on a machine without systemd and without a policy-rc.d would start a Prometheus server on
+# port 9090 of the host; it would also pull in ~20 JavaScript and font packages.
+ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1; then
+        HVROUTE_PROMTOOL="$(command -v promtool)"
+        export HVROUTE_PROMTOOL
+        return 0
+    fi
+    local dir="${HVROUTE_CACHE:-/var/cache/hvroute-test}/promtool"
+    if [[ ! -x "$dir/usr/bin/promtool" ]]; then
+        need_root
+        _apt_update_once
+        local tmp
+        tmp="$(mktemp -d)"
+        # apt-get download runs as _apt where it can: let it write there.
+        chmod 755 "$tmp"
+        chown _apt "$tmp" 2>/dev/null || true
+        log "unpacking promtool from Debian's prometheus package into $dir"
+        (cd "$tmp" && apt-get download -qq prometheus) || die "apt-get download prometheus failed."
+        mkdir -p "$dir"
+        dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool \
+            || die "cannot unpack promtool from $(echo "$tmp"/prometheus_*.deb)."
+        rm -rf -- "$tmp"
+    fi
+    HVROUTE_PROMTOOL="$dir/usr/bin/promtool"
+    export HVROUTE_PROMTOOL
 }

@@ -26,6 +26,8 @@ toolchain on PATH), then, in the repository:
      the repository, in ${HVROUTE_CACHE:-/var/cache/hvroute-test}/fuzz-target)
 Before the tests it runs scripts/cloud-init-fetch.sh (cloud-init 25.1 and 22.4, cached in
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/cloud-init) for tests/configdrive_cloudinit.rs.
+It unpacks Debian 12's promtool (ensure_promtool in scripts/common.sh; cached in
+${HVROUTE_CACHE:-/var/cache/hvroute-test}/promtool) for tests/netns_metrics.rs.
 Every step runs even if an earlier one failed; a summary line at the end says which failed.
 Exits 0 only if all steps pass.
 
@@ -55,8 +57,10 @@ export RUST_BACKTRACE=0
 need_root
 # xorriso, mtools, dosfstools: ConfigDrive images (built by xorriso; read back by xorriso,
 # mtools and genisoimage's isoinfo in tests/configdrive_image.rs). util-linux: blkid.
-# iptables (iptables-nft): the foreign rules of tests/netns_guard.rs.
-ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables
+# iptables (iptables-nft): the foreign rules of tests/netns_guard.rs. curl: the metrics
+# scrapes of tests/netns_metrics.rs, checked by promtool (ensure_promtool).
+ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables curl
+ensure_promtool
 ensure_cargo
 ensure_libvirt
 # cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the

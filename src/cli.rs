@@ -698,9 +698,7 @@ fn cmd_status(cfg: &Config, json: bool) -> Result<()> {
             drops: v
                 .nics
                 .iter()
-                .map(|n| {
-                    drops.get(&format!("drop-{}", crate::guard::NicRules::hex(&n.mac))).copied().unwrap_or(0)
-                })
+                .map(|n| drops.get(&crate::guard::NicRules::counter_name(&n.mac)).copied().unwrap_or(0))
                 .sum(),
             ports: v.nics.iter().filter_map(|n| nic_port.get(&n.mac).map(|p| (n.mac, p.clone()))).collect(),
         })

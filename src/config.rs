@@ -42,6 +42,60 @@ pub struct Config {
     pub migration: Migration,
     #[serde(default)]
     pub guard: Guard,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// The daemon's Prometheus endpoint (docs/metrics.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where `hvroute daemon` serves `GET /metrics`; `""` turns the endpoint off.
+    #[serde(default = "d_metrics_listen")]
+    pub listen: Listen,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { listen: d_metrics_listen() }
+    }
+}
+
+/// The default metrics port. Prometheus' list of exporter ports (9100-9999) is fully
+/// allocated; 9478 clashes with none of the exporters a hypervisor runs beside hvroute
+/// (node 9100, libvirt 9177, process 9256, ipmi 9290, FRR 9342, smartctl 9633).
+pub const METRICS_PORT: u16 = 9478;
+
+/// An address to listen on, or none (off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return Ok(Listen(None));
+        }
+        let bad = |why: &str| Invalid(format!("invalid listen address {s:?}: {why}"));
+        let a: std::net::SocketAddr = s.parse().map_err(|_| {
+            bad("expected IP:PORT like \"127.0.0.1:9478\" or \"[::1]:9478\", or \"\" for off")
+        })?;
+        if a.port() == 0 {
+            return Err(bad("give a port from 1 to 65535"));
+        }
+        Ok(Listen(Some(a)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Listen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn d_metrics_listen() -> Listen {
+    Listen(Some((Ipv4Addr::LOCALHOST, METRICS_PORT).into()))
 }
 
 /// The guards on the shared bridge (docs/guards.md).
@@ -526,6 +580,17 @@ config_file = "/etc/frr/frr.conf"
         assert_eq!(c.route_protocol, 44);
         assert_eq!(c.bridge.name.as_str(), "cloudbr0");
         assert_eq!(c.bridge.mac.to_string(), "0e:00:00:00:00:01");
+        assert_eq!(c.metrics.listen.0, Some("127.0.0.1:9478".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_listen_takes_v4_v6_and_off() {
+        let base = "[pools]\nipv4=[\"192.0.2.0/24\"]\n[bgp]\nasn=65001\nrouter_id=\"10.255.0.1\"\n";
+        let listen =
+            |v: &str| Config::parse(&format!("[metrics]\nlisten=\"{v}\"\n{base}")).unwrap().metrics.listen;
+        assert_eq!(listen(""), Listen(None));
+        assert_eq!(listen("[::1]:9478"), Listen(Some("[::1]:9478".parse().unwrap())));
+        assert_eq!(listen("0.0.0.0:9100"), Listen(Some("0.0.0.0:9100".parse().unwrap())));
     }
 
     #[test]
@@ -542,6 +607,16 @@ config_file = "/etc/frr/frr.conf"
             ),
             (format!("[bridge]\nmtu=500\n[pools]\nipv4=[\"192.0.2.0/24\"]\n{base}"), "bridge.mtu = 500"),
             ("[pools]\nipv4=[\"192.0.2.0/24\"]\n".to_string(), "bgp"),
+            (
+                format!("[metrics]\nlisten=\"localhost:9478\"\n[pools]\nipv4=[\"192.0.2.0/24\"]\n{base}"),
+                "key metrics.listen: invalid listen address \"localhost:9478\"",
+            ),
+            (
+                format!("[metrics]\nlisten=\"127.0.0.1:0\"\n[pools]\nipv4=[\"192.0.2.0/24\"]\n{base}"),
+                "metrics.listen",
+            ),
+            (format!("[metrics]\nlisten=9478\n[pools]\nipv4=[\"192.0.2.0/24\"]\n{base}"), "metrics.listen"),
+            (format!("[metrics]\nport=1\n[pools]\nipv4=[\"192.0.2.0/24\"]\n{base}"), "port"),
         ];
         for (text, needle) in cases {
             let e = Config::parse(&text).unwrap_err().0;

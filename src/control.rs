@@ -53,6 +53,13 @@ pub enum Request {
         #[serde(default)]
         addrs: std::collections::BTreeSet<std::net::IpAddr>,
     },
+    /// The libvirt hook reports one of its runs, for the metrics: its op (`prepare`,
+    /// `started`, ...) and result (`ok`, `refused`, `failed`). Answered by the socket's own
+    /// task with `{}`; the hook does not wait for the answer ([`notify`]).
+    HookDone {
+        hook_op: String,
+        result: String,
+    },
 }
 
 /// The daemon's answer to `hook_started` and `hook_release`.
@@ -124,6 +131,27 @@ pub struct FrrStatus {
     pub in_sync: bool,
     pub last: Option<crate::frr::SyncSummary>,
     pub last_error: Option<String>,
+}
+
+/// Sends `req` without waiting for an answer, and gives up after `wait`: for reports that
+/// must never delay the caller noticeably (the libvirt hook's [`Request::HookDone`]). The
+/// connection is made on a thread of its own, so even a daemon whose socket backlog is
+/// full costs at most `wait`; the thread dies with the process.
+pub fn notify(socket: &Path, req: &Request, wait: Duration) {
+    let Ok(mut line) = serde_json::to_string(req) else { return };
+    line.push('\n');
+    let socket = socket.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("notify-daemon".into()).spawn(move || {
+        if let Ok(mut s) = UnixStream::connect(&socket) {
+            let _ = s.set_write_timeout(Some(wait));
+            let _ = s.write_all(line.as_bytes());
+        }
+        let _ = tx.send(());
+    });
+    if spawned.is_ok() {
+        let _ = rx.recv_timeout(wait);
+    }
 }
 
 /// Sends one request. `Ok(None)` means no daemon is listening.

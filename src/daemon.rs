@@ -55,6 +55,11 @@ struct FrrSide {
     syncs: u64,
     last: Option<frr::SyncSummary>,
     last_error: Option<String>,
+    /// When the running sync started (its duration goes to the metrics).
+    started_at: Option<Instant>,
+    /// What the last successful sync told FRR, kept across restarts and errors: a later
+    /// sync of the same lines that still changes something repairs drift (metrics).
+    last_told: Option<Arc<frr::Wanted>>,
 }
 
 impl FrrSide {
@@ -74,6 +79,8 @@ impl FrrSide {
             syncs: 0,
             last: None,
             last_error: None,
+            started_at: None,
+            last_told: None,
         }
     }
 
@@ -112,6 +119,7 @@ impl FrrSide {
         };
         self.inflight = true;
         self.dirty = false;
+        self.started_at = Some(Instant::now());
         let (cfg, vtysh, wanted, tx) = (cfg.clone(), self.vtysh.clone(), self.wanted.clone(), tx.clone());
         let known = if self.reread { None } else { self.known.clone() };
         self.reread = false;
@@ -182,6 +190,9 @@ pub struct Daemon<K: Kernel> {
     /// The FRR task reports back on this channel.
     frr_tx: mpsc::UnboundedSender<Input>,
     frr_rx: Option<mpsc::UnboundedReceiver<Input>>,
+    /// What the daemon counts (src/metrics.rs); the HTTP endpoint and the control socket
+    /// share it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl<K: Kernel> Daemon<K> {
@@ -209,6 +220,7 @@ impl<K: Kernel> Daemon<K> {
             arriving_macs: Default::default(),
             next_migration: None,
             hooks_until: Instant::now(),
+            metrics: Arc::default(),
         }
     }
 
@@ -236,8 +248,22 @@ impl<K: Kernel> Daemon<K> {
         let Some(f) = &mut self.frr else { return };
         f.inflight = false;
         f.syncs += 1;
+        let m = &self.metrics;
+        let took = f.started_at.take().map(|t| t.elapsed().as_secs_f64());
+        if let Some(t) =
+            took.filter(|_| r.as_ref().map_or(true, |(s, _)| s.adds + s.dels > 0 || s.scaffolding))
+        {
+            m.frr_push_seconds.observe(t);
+        }
         match r {
             Ok((s, running)) => {
+                if f.last_told.as_deref() == Some(&*wanted) && s.adds + s.dels > 0 {
+                    m.repairs.with_label_values(&["frr"]).inc_by((s.adds + s.dels) as u64);
+                }
+                let vm_lines = wanted.networks.iter().filter(|(_, rm)| rm.is_some()).map(|(n, _)| n.addr());
+                let addrs: Vec<std::net::IpAddr> = vm_lines.collect();
+                crate::metrics::Metrics::set_by_family(&m.prefixes_advertised, &addrs);
+                f.last_told = Some(wanted.clone());
                 f.known = Some(running);
                 if let Some(e) = &f.last_error {
                     info!(was = %e, "FRR sync works again");
@@ -257,6 +283,7 @@ impl<K: Kernel> Daemon<K> {
                 f.backoff = Duration::from_secs(1);
             }
             Err(e) => {
+                m.frr_push_errors.inc();
                 if f.last_error.as_ref() != Some(&e) {
                     warn!(error = %e, retry_s = f.backoff.as_secs(), "FRR sync failed; will retry");
                 }
@@ -518,6 +545,7 @@ impl<K: Kernel> Daemon<K> {
         let pid = frr::bgpd_pid(&self.cfg);
         if pid != f.bgpd_pid {
             if pid.is_some() {
+                self.metrics.frr_restarts.inc();
                 info!(old = ?f.bgpd_pid, new = ?pid, "FRR (bgpd) restarted; re-asserting its config");
             }
             f.bgpd_pid = pid;
@@ -525,6 +553,43 @@ impl<K: Kernel> Daemon<K> {
             f.reread = true;
             f.backoff = Duration::from_secs(1);
             f.mark(Instant::now());
+        }
+    }
+
+    /// The metrics of a pass that got through (src/metrics.rs).
+    fn count_pass(&self, out: &reconcile::Outcome) {
+        let m = &self.metrics;
+        m.pass_seconds.observe(out.timings.total_ms / 1e3);
+        m.op_errors.inc_by(out.errors.len() as u64);
+        let Some(d) = &out.desired else { return };
+        let errors = out.store_errors.len();
+        let incoming = d.incoming.len();
+        let active = out.vms.saturating_sub(out.parked + incoming);
+        for (state, n) in
+            [("active", active), ("parked", out.parked), ("incoming", incoming), ("error", errors)]
+        {
+            m.vms.with_label_values(&[state]).set(n as i64);
+        }
+        use crate::metrics::Metrics;
+        Metrics::set_by_family(&m.prefixes_desired, d.addrs.keys());
+        Metrics::set_by_family(&m.routes, &out.programmed.routes);
+        Metrics::set_by_family(&m.neighbours, &out.programmed.neighbours);
+        let failed: Vec<&crate::plan::Op> = out.errors.iter().map(|e| &e.op).collect();
+        let applied: Vec<crate::plan::Op> =
+            out.plan.ops.iter().filter(|op| !failed.contains(op)).cloned().collect();
+        for (kind, n) in crate::metrics::repairs(self.last_desired.as_deref(), d, &applied) {
+            m.repairs.with_label_values(&[kind]).inc_by(n);
+        }
+        // The VMs whose guard drops are exported, when the desired state changed.
+        if self.last_desired.as_ref().is_none_or(|l| !Arc::ptr_eq(l, d))
+            && let Ok(snap) = self.store.load()
+        {
+            let vms = snap
+                .vms
+                .values()
+                .map(|v| (v.name.to_string(), v.nics.iter().map(|n| n.mac).collect()))
+                .collect();
+            m.set_vms(vms);
         }
     }
 
@@ -543,6 +608,7 @@ impl<K: Kernel> Daemon<K> {
             quick: !first && !waiting,
         };
         self.passes += 1;
+        self.metrics.passes.inc();
         let n = self.passes;
         let span = tracing::info_span!("pass", n);
         let _g = span.enter();
@@ -582,6 +648,7 @@ impl<K: Kernel> Daemon<K> {
         if let (Some(f), Some(d)) = (&mut self.frr, &out.desired) {
             f.want(&self.cfg, d);
         }
+        self.count_pass(&out);
         self.last_desired = out.desired.clone();
         if out.quick_ops > 0 {
             info!(
@@ -769,6 +836,11 @@ impl<K: Kernel> Daemon<K> {
                                 due = Some(Instant::now());
                             }
                         }
+                        Input::Control(Request::HookDone { hook_op, result }, reply) => {
+                            // The control socket counts these itself; a loop test's come here.
+                            self.metrics.hook(&hook_op, &result);
+                            let _ = reply.send(serde_json::json!({}));
+                        }
                         Input::Control(Request::Status, reply) => {
                             let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
                         }
@@ -811,7 +883,15 @@ pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
             }
         }
     });
-    let _socket = serve_control(&cfg.socket, tx.clone())?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let _socket = serve_control(&cfg.socket, tx.clone(), metrics.clone())?;
+    // Bound before the first pass: a taken port stops the daemon at once, naming it.
+    if let Some(addr) = cfg.metrics.listen.0 {
+        crate::metrics::serve(addr, metrics.clone()).await?;
+        let vtysh = cfg.frr.enabled.then(|| frr::vtysh::Vtysh::from_config(&cfg));
+        crate::metrics::spawn_poller(metrics.clone(), vtysh, cfg.guard.enabled);
+        info!(%addr, "serving metrics at /metrics");
+    }
 
     let kernel = Netlink::connect(cfg.bridge.name.as_str(), cfg.route_protocol)?;
     info!(
@@ -819,6 +899,7 @@ pub async fn run(cfg: Config, force: bool) -> Result<(), PassError> {
         resync_s = cfg.resync_interval_s, "hvroute daemon starting"
     );
     let mut daemon = Daemon::new(cfg, store, boot_id, kernel, force);
+    daemon.metrics = metrics;
     // Installed now, so that a SIGTERM during the first pass is not lost.
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -883,7 +964,11 @@ impl Drop for SocketGuard {
     }
 }
 
-fn serve_control(path: &std::path::Path, tx: mpsc::UnboundedSender<Input>) -> Result<SocketGuard> {
+fn serve_control(
+    path: &std::path::Path,
+    tx: mpsc::UnboundedSender<Input>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<SocketGuard> {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
@@ -901,6 +986,7 @@ fn serve_control(path: &std::path::Path, tx: mpsc::UnboundedSender<Input>) -> Re
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
                 let mut line = String::new();
@@ -908,6 +994,11 @@ fn serve_control(path: &std::path::Path, tx: mpsc::UnboundedSender<Input>) -> Re
                     return;
                 }
                 let answer = match serde_json::from_str::<Request>(&line) {
+                    // Counted here, without the daemon's task: the hook does not wait.
+                    Ok(Request::HookDone { hook_op, result }) => {
+                        metrics.hook(&hook_op, &result);
+                        serde_json::json!({})
+                    }
                     Ok(req) => {
                         let (otx, orx) = oneshot::channel();
                         if tx.send(Input::Control(req, otx)).is_err() {

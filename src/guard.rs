@@ -119,7 +119,12 @@ impl NicRules {
     }
 
     pub fn counter(&self) -> String {
-        format!("drop-{}", Self::hex(&self.mac))
+        Self::counter_name(&self.mac)
+    }
+
+    /// The name of the counter of the frames a NIC's rules dropped (`status`, metrics).
+    pub fn counter_name(mac: &Mac) -> String {
+        format!("drop-{}", Self::hex(mac))
     }
 
     /// The chain's rules, in order (docs/guards.md). No anonymous sets: a list of values is

@@ -14,6 +14,7 @@ pub mod frr;
 pub mod guard;
 pub mod hook;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;

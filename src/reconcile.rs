@@ -58,9 +58,56 @@ pub struct Outcome {
     pub store_errors: Vec<String>,
     pub conflicts: Vec<String>,
     pub timings: Timings,
+    /// hvroute's routes and neighbours in the kernel once the pass's ops are applied.
+    #[serde(skip)]
+    pub programmed: Programmed,
     /// The desired state the pass worked from (the FRR side advertises its addresses).
     #[serde(skip)]
     pub desired: Option<Arc<Desired>>,
+}
+
+/// hvroute's routes and neighbours in the kernel: what the pass observed, changed by the
+/// ops that succeeded (the metrics' `hvroute_routes_programmed`, `..._neighbours_...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Programmed {
+    pub routes: std::collections::BTreeSet<std::net::IpAddr>,
+    pub neighbours: std::collections::BTreeSet<std::net::IpAddr>,
+}
+
+impl Programmed {
+    fn after(o: &plan::Observed, p: &Plan, errors: &[OpError]) -> Programmed {
+        use crate::plan::Op;
+        let br = o.bridge.as_ref().map(|b| b.ifindex);
+        let mut routes: std::collections::BTreeMap<std::net::IpAddr, usize> = Default::default();
+        for r in &o.routes {
+            *routes.entry(r.addr).or_default() += 1;
+        }
+        let mut neighbours: std::collections::BTreeSet<_> =
+            o.neighs.keys().filter(|(_, i)| Some(*i) == br).map(|(a, _)| *a).collect();
+        for op in p.ops.iter().filter(|op| !errors.iter().any(|e| e.op == **op)) {
+            match op {
+                Op::ReplaceRoute { addr } => {
+                    routes.entry(*addr).or_insert(1);
+                }
+                Op::DelRoute { addr, .. } => {
+                    if let Some(n) = routes.get_mut(addr) {
+                        *n -= 1;
+                        if *n == 0 {
+                            routes.remove(addr);
+                        }
+                    }
+                }
+                Op::ReplaceNeigh { addr, .. } => {
+                    neighbours.insert(*addr);
+                }
+                Op::DelNeigh { addr, ifindex } if Some(*ifindex) == br => {
+                    neighbours.remove(addr);
+                }
+                _ => {}
+            }
+        }
+        Programmed { routes: routes.into_keys().collect(), neighbours }
+    }
 }
 
 fn errors_as_strings<S: serde::Serializer>(e: &[OpError], s: S) -> Result<S::Ok, S::Error> {
@@ -183,6 +230,7 @@ pub async fn pass_with<K: Kernel>(
     let t = Instant::now();
     let errors = if opts.dry_run || p.is_empty() { Vec::new() } else { kernel.apply(&p).await };
     let apply_ms = ms(t);
+    let programmed = Programmed::after(&observed, &p, &errors);
     if !opts.dry_run
         && let Some(f) = on_desired.take()
     {
@@ -199,6 +247,7 @@ pub async fn pass_with<K: Kernel>(
         store_errors: snap.errors.iter().map(|(f, r)| format!("{f}: {r}")).collect(),
         conflicts: desired.conflicts.clone(),
         desired: Some(desired.clone()),
+        programmed,
         timings: Timings { read_ms, quick_ms, observe_ms, plan_ms, apply_ms, total_ms: ms(t0) },
     })
 }

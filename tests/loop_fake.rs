@@ -263,3 +263,46 @@ async fn foreign_bridge_port_refuses_the_first_pass() {
     }
     assert!(!rig.routed("192.0.2.10"));
 }
+
+/// The metrics follow the loop: a VM added is desired and programmed but is no drift
+/// repair; a route that vanished behind the daemon's back is one; a hook's report is
+/// counted. Prevents dashboards that count every new VM as drift, or miss real drift.
+#[tokio::test(start_paused = true)]
+async fn metrics_count_passes_vms_and_repairs() {
+    let rig = Rig::new();
+    rig.add("vm1", "192.0.2.10");
+    let mut d = rig.daemon();
+    let m = d.metrics.clone();
+    let value = |series: &str| -> f64 {
+        let text = m.render();
+        let line = text.lines().find(|l| l.rsplit_once(' ').is_some_and(|(s, _)| s == series));
+        line.and_then(|l| l.rsplit_once(' ')).map_or(f64::NAN, |(_, v)| v.parse().unwrap())
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    drive(&mut d, rx, async {
+        sleep(Duration::from_millis(1)).await;
+        assert_eq!(value("hvroute_vms{state=\"active\"}"), 1.0);
+        assert_eq!(value("hvroute_routes_programmed{family=\"ipv4\"}"), 1.0);
+        assert_eq!(value("hvroute_neighbours_programmed{family=\"ipv4\"}"), 1.0);
+        rig.add("vm2", "2001:db8:100::20");
+        tx.send(Input::StateDirChanged(None)).unwrap();
+        sleep(Duration::from_millis(50)).await;
+        assert_eq!(value("hvroute_vms{state=\"active\"}"), 2.0);
+        assert_eq!(value("hvroute_prefixes_desired{family=\"ipv6\"}"), 1.0);
+        assert_eq!(value("hvroute_routes_programmed{family=\"ipv6\"}"), 1.0);
+        assert_eq!(value("hvroute_drift_repairs_total{kind=\"route_add\"}"), 0.0, "a new VM is no repair");
+        rig.fake.0.borrow_mut().state.routes.clear();
+        tx.send(Input::Hint(Hint("owned route deleted"))).unwrap();
+        sleep(Duration::from_millis(50)).await;
+        assert_eq!(value("hvroute_drift_repairs_total{kind=\"route_add\"}"), 2.0);
+        assert_eq!(value("hvroute_reconcile_passes_total"), 3.0);
+        assert_eq!(value("hvroute_reconcile_pass_duration_seconds_count"), 3.0);
+        let (otx, orx) = oneshot::channel();
+        let done = Request::HookDone { hook_op: "release".into(), result: "ok".into() };
+        tx.send(Input::Control(done, otx)).unwrap();
+        orx.await.unwrap();
+        assert_eq!(value("hvroute_hook_invocations_total{op=\"release\",result=\"ok\"}"), 1.0);
+    })
+    .await
+    .unwrap();
+}

@@ -398,9 +398,13 @@ pub struct BgpView {
     pub local: std::collections::BTreeSet<IpNet>,
 }
 
+/// bgpd's sessions (`show bgp summary json`): `status` and the metrics poller.
+pub async fn bgp_peers(vtysh: &vtysh::Vtysh) -> anyhow::Result<Vec<PeerView>> {
+    Ok(parse_summary(&vtysh.show_json("show bgp summary json").await?))
+}
+
 pub async fn observe_bgp(vtysh: &vtysh::Vtysh) -> anyhow::Result<BgpView> {
-    let summary = vtysh.show_json("show bgp summary json").await?;
-    let mut view = BgpView { peers: parse_summary(&summary), ..BgpView::default() };
+    let mut view = BgpView { peers: bgp_peers(vtysh).await?, ..BgpView::default() };
     for afi in ["ipv4", "ipv6"] {
         let table = vtysh.show_json(&format!("show bgp {afi} unicast json")).await?;
         view.local.extend(parse_local_best(&table));

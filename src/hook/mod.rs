@@ -274,6 +274,8 @@ fn qemu(config: &Path, a: &QemuArgs) -> Result<()> {
     let what =
         format!("hook {} {} for VM {}", a.op.escape_debug(), a.subop.escape_debug(), a.name.escape_debug());
     match op {
+        // `start` has nothing to do, and an unknown op has no config read: neither is
+        // reported to the daemon's metrics.
         Op::Start => return Ok(()),
         Op::Other => {
             eprintln!("hvroute: {what}: not an operation hvroute acts on; nothing to do");
@@ -287,6 +289,7 @@ fn qemu(config: &Path, a: &QemuArgs) -> Result<()> {
     if let Ok(c) = &cfg {
         watchdog.set(Duration::from_secs(c.hook.timeout_s));
     }
+    let socket = cfg.as_ref().ok().map(|c| c.socket.clone());
     let input = if op == Op::Restore {
         Input::Empty
     } else {
@@ -301,6 +304,9 @@ fn qemu(config: &Path, a: &QemuArgs) -> Result<()> {
         Op::Restore | Op::Start | Op::Other => Ok(()),
     };
     tracing::debug!(op = ?op, ms = t0.elapsed().as_secs_f64() * 1e3, ok = r.is_ok(), "hook done");
+    if let Some(socket) = &socket {
+        report(socket, &a.op, &r);
+    }
     let name = a.name.escape_debug();
     match r {
         Ok(()) => Ok(()),
@@ -313,6 +319,22 @@ fn qemu(config: &Path, a: &QemuArgs) -> Result<()> {
         }
         Err(e) => Err(e.context(format!("refusing to start VM {name}"))),
     }
+}
+
+/// How long the hook waits at most to tell a running daemon about its run.
+const REPORT_WAIT: Duration = Duration::from_millis(5);
+
+/// Tells a running daemon's metrics about this run (`hvroute_hook_invocations_total`):
+/// fire and forget, at most [`REPORT_WAIT`], nothing printed. Without a daemon the run is
+/// not counted.
+fn report(socket: &Path, op: &str, r: &Result<()>) {
+    let result = match r {
+        Ok(()) => "ok",
+        Err(e) if e.chain().any(|c| c.is::<Invalid>()) => "refused",
+        Err(_) => "failed",
+    };
+    let req = crate::control::Request::HookDone { hook_op: op.to_owned(), result: result.to_owned() };
+    crate::control::notify(socket, &req, REPORT_WAIT);
 }
 
 #[cfg(test)]
