@@ -92,10 +92,15 @@ pub fn run(config: &Path, a: &InstallArgs) -> Result<()> {
     let bin = std::env::current_exe().context("cannot tell where this hvroute binary is")?;
     let config =
         std::path::absolute(config).with_context(|| format!("cannot resolve {}", config.display()))?;
-    if let Err(e) = crate::config::Config::load(&config) {
-        eprintln!(
+    match crate::config::Config::load(&config) {
+        Err(e) => eprintln!(
             "hvroute: warning: {e}; until it loads, the hook refuses to start VMs that have hvroute metadata"
-        );
+        ),
+        Ok(c) if !c.hook.enabled => eprintln!(
+            "hvroute: warning: hook.enabled = false in {}: the hook leaves every VM alone until it is true",
+            config.display()
+        ),
+        Ok(_) => {}
     }
     let done = install(&a.dir, &bin, &config)?;
     let changed = match &done {
