@@ -114,6 +114,10 @@ pub struct InstallArgs {
     /// libvirt's hooks directory.
     #[arg(long, value_name = "DIR", default_value = "/etc/libvirt/hooks")]
     pub dir: std::path::PathBuf,
+    /// The binary the script runs, as installed on the target host, instead of this one.
+    /// For packaging: the config file is then not checked here.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub bin: Option<std::path::PathBuf>,
 }
 
 /// The libvirt ops hvroute knows.
