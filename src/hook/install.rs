@@ -99,17 +99,18 @@ pub fn run(config: &Path, a: &InstallArgs) -> Result<()> {
         Some(b) => return Err(Invalid(format!("--bin {} is not an absolute path", b.display())).into()),
         None => std::env::current_exe().context("cannot tell where this hvroute binary is")?,
     };
-    match crate::config::Config::load(&config) {
-        // Packaging for another host: its config is not this machine's business.
-        _ if a.bin.is_some() => {}
-        Err(e) => eprintln!(
-            "hvroute: warning: {e}; until it loads, the hook refuses to start VMs that have hvroute metadata"
-        ),
-        Ok(c) if !c.hook.enabled => eprintln!(
-            "hvroute: warning: hook.enabled = false in {}: the hook leaves every VM alone until it is true",
-            config.display()
-        ),
-        Ok(_) => {}
+    // Packaging for another host (--bin): its config is not this machine's business.
+    if a.bin.is_none() {
+        match crate::config::Config::load(&config) {
+            Err(e) => eprintln!(
+                "hvroute: warning: {e}; until it loads, the hook refuses to start VMs that have hvroute metadata"
+            ),
+            Ok(c) if !c.hook.enabled => eprintln!(
+                "hvroute: warning: hook.enabled = false in {}: the hook leaves every VM alone until it is true",
+                config.display()
+            ),
+            Ok(_) => {}
+        }
     }
     let done = install(&a.dir, &bin, &config)?;
     let changed = match &done {
