@@ -11,6 +11,7 @@
 #   need_root                      fail unless running as root
 #   ensure_packages [PKG...]       install the missing Debian packages among the defaults and PKG...
 #   ensure_cargo                   make cargo/rustc (>= 1.85) available on PATH, or fail
+#   ensure_cargo_deb               make `cargo deb` (cargo-deb, pinned) available, or fail
 #   ensure_libvirt                 libvirtd 9.0, virtlogd, virsh and QEMU from Debian 12, ready to run by hand
 #   ensure_promtool                Debian 12's promtool, unpacked (not installed); sets HVROUTE_PROMTOOL
 #   wait_until TIMEOUT_S DESCRIPTION CMD...   poll CMD every 0.1 s until it succeeds or time runs out
@@ -137,6 +138,21 @@ ensure_cargo() {
         || ! version_ge "${version%%-*}" "$rust_min_version"; then
         die "a Rust >= $rust_min_version toolchain is needed (found: ${version:-none}); install it with rustup and put ~/.cargo/bin on PATH."
     fi
+}
+
+# The cargo-deb release scripts/package.sh is known to work with.
+readonly cargo_deb_version="3.8.0"
+
+# ensure_cargo_deb: install cargo-deb with `cargo install --locked` (into ~/.cargo/bin, a
+# few minutes of compiling) when `cargo deb` is missing. Call ensure_cargo first.
+ensure_cargo_deb() {
+    if cargo deb --version >/dev/null 2>&1; then
+        return 0
+    fi
+    log "cargo-deb is missing: cargo install cargo-deb --version $cargo_deb_version --locked (a few minutes)"
+    cargo install cargo-deb --version "$cargo_deb_version" --locked --quiet \
+        || die "cargo install cargo-deb failed."
+    cargo deb --version >/dev/null 2>&1 || die "cargo deb does not run after installing cargo-deb."
 }
 
 # Debian 12's libvirt and QEMU, for the libvirt end-to-end test (tests/netns_libvirt.rs).

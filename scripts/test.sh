@@ -12,7 +12,8 @@ Usage: scripts/test.sh [--quick]
 
 Installs what the checks need (Debian packages; libvirt and QEMU from Debian 12 for
 tests/netns_libvirt.rs, which downgrades a newer qemu-utils to Debian 12's; a Rust >= 1.85
-toolchain on PATH), then, in the repository:
+toolchain on PATH; for the full run, cargo-deb for tests/slow_package.rs), then, in the
+repository:
   1. cargo fmt --check
   2. cargo clippy --all-targets -- -D warnings
   3. the tests, with RUST_BACKTRACE=0 and -- --test-threads=2:
@@ -59,9 +60,15 @@ need_root
 # mtools and genisoimage's isoinfo in tests/configdrive_image.rs). util-linux: blkid.
 # iptables (iptables-nft): the foreign rules of tests/netns_guard.rs. curl: the metrics
 # scrapes of tests/netns_metrics.rs, checked by promtool (ensure_promtool).
-ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables curl
+# lintian, debootstrap, systemd (systemd-analyze): tests/slow_package.rs checks the .deb,
+# verifies its unit and installs it into a fresh Debian 12 root.
+ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables curl lintian debootstrap systemd
 ensure_promtool
 ensure_cargo
+# cargo-deb: scripts/package.sh, run by tests/slow_package.rs (full run only).
+if [[ -z "$quick" ]]; then
+    ensure_cargo_deb
+fi
 ensure_libvirt
 # cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the
 # Python modules cloud-init imports are installed with them).

@@ -104,6 +104,25 @@ pub enum Cmd {
     /// Needs no config file and no daemon.
     #[command(subcommand, name = "configdrive")]
     Configdrive(crate::configdrive::cmd::ConfigDriveCmd),
+    /// Print a shell completion script for hvroute, generated from these definitions.
+    /// Needs no config file.
+    #[command(after_help = "\
+The Debian package installs them already. By hand:
+  hvroute completions bash > /etc/bash_completion.d/hvroute
+  hvroute completions zsh > /usr/local/share/zsh/site-functions/_hvroute")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page hvroute(1) in roff, or write one page per command to DIR.
+    /// For packaging (scripts/package.sh).
+    #[command(hide = true)]
+    Man {
+        /// Write hvroute.1, hvroute-vm.1, hvroute-vm-add.1 ... into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -222,6 +241,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Hook(h) => return crate::hook::run(&cli.config, h),
         // A drive is built anywhere, from its flags alone.
         Cmd::Configdrive(c) => return crate::configdrive::cmd::run(c),
+        Cmd::Completions { shell } => return cmd_completions(shell),
+        Cmd::Man { dir } => return cmd_man(dir.as_deref()),
         cmd => cmd,
     };
     let cfg = Config::load(&cli.config)?;
@@ -242,7 +263,30 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Frr(FrrCmd::Render) => cmd_frr_render(&cfg),
         Cmd::Frr(FrrCmd::Bootstrap { write }) => cmd_frr_bootstrap(&cfg, write),
         Cmd::Shim(s) => crate::hook::shim::run(&cfg, s),
-        Cmd::Hook(_) | Cmd::Configdrive(_) => unreachable!("handled above"),
+        Cmd::Hook(_) | Cmd::Configdrive(_) | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+fn cmd_completions(shell: clap_complete::Shell) -> Result<()> {
+    use clap::CommandFactory;
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "hvroute", &mut out);
+    std::io::Write::write_all(&mut std::io::stdout().lock(), &out).context("cannot write to stdout")
+}
+
+fn cmd_man(dir: Option<&std::path::Path>) -> Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    match dir {
+        Some(d) => clap_mangen::generate_to(cmd, d)
+            .with_context(|| format!("cannot write the manual pages into {}", d.display())),
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut out).context("cannot render the manual page")?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &out).context("cannot write to stdout")
+        }
     }
 }
 

@@ -203,6 +203,12 @@ fn d_fallback_s() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hook {
+    /// Whether the libvirt hook acts at all. `false` makes every `hook qemu` run a no-op
+    /// that exits 0 (one line on stderr for a domain with hvroute metadata): the example
+    /// config the Debian package installs ships it off, so that installing the package
+    /// never changes how a VM starts before the admin has written this host's config.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
     /// The hard time cap of one hook invocation: after it the hook exits, so that libvirt
     /// (which waits for hooks without a timeout) never hangs on hvroute.
     #[serde(default = "d_hook_timeout")]
@@ -211,7 +217,7 @@ pub struct Hook {
 
 impl Default for Hook {
     fn default() -> Self {
-        Hook { timeout_s: d_hook_timeout() }
+        Hook { enabled: true, timeout_s: d_hook_timeout() }
     }
 }
 

@@ -283,4 +283,32 @@ fn log_format_json_gives_one_object_per_line() {
     let o = env.run(&["--log-format", "yaml", "vm", "list"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("'yaml'"), "{}", stderr(&o));
+/// Prevents: the example config the Debian package installs as /etc/hvroute/hvroute.toml
+/// going stale (a renamed or removed key makes every command exit 2 on a fresh install),
+/// or shipping with the hook switched on; and completions or manual pages that do not
+/// generate. None of these need a config file or root.
+#[test]
+fn packaged_example_config_completions_and_manual_pages() {
+    const BIN: &str = env!("CARGO_BIN_EXE_hvroute");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("debian/hvroute.toml");
+    let o = Command::new(BIN).arg("--config").arg(&example).args(["frr", "render"]).output().unwrap();
+    assert!(o.status.success(), "frr render with {}: {}", example.display(), stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "router bgp 65001"));
+    let text = std::fs::read_to_string(&example).unwrap();
+    let hook = text.split("\n[hook]\n").nth(1).expect("a [hook] section").split("\n[").next().unwrap();
+    assert!(hook.lines().any(|l| l.trim() == "enabled = false"), "the packaged hook must ship off");
+    for shell in ["bash", "zsh"] {
+        let o = Command::new(BIN).args(["--config", "/nonexistent", "completions", shell]).output().unwrap();
+        assert!(o.status.success() && o.stdout.len() > 1000, "completions {shell}: {}", stderr(&o));
+    }
+    let o = Command::new(BIN).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(BIN).arg("man").arg("--dir").arg(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    for page in ["hvroute.1", "hvroute-vm-add.1", "hvroute-completions.1"] {
+        let roff = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(roff.contains(".TH"), "{page}");
+    }
+    assert!(!dir.path().join("hvroute-man.1").exists(), "the hidden man command gets no page");
 }

@@ -275,6 +275,49 @@ fn domains_without_hvroute_metadata_are_left_alone() {
     assert_one_sentence(&o, "colour", "broken config");
 }
 
+/// Prevents: installing the Debian package (its hook in qemu.d, its example config with
+/// `hook.enabled = false`, or no config at all) changing how a VM starts before the admin
+/// has configured the host: a domain with a ConfigDrive or even with hvroute metadata
+/// outside the example's pools is not refused while the hook is off, and a domain with
+/// nothing for hvroute starts whether or not a config exists.
+#[test]
+fn a_switched_off_or_unconfigured_hook_stops_no_vm() {
+    let env = Env::new(10);
+    let before = env.state();
+    let good = std::fs::read_to_string(env.config()).unwrap();
+    std::fs::write(env.config(), good.replace("[hook]\n", "[hook]\nenabled = false\n")).unwrap();
+    let outside = web1(&["203.0.113.9"]);
+    for (op, sub) in [
+        ("prepare", "begin"),
+        ("started", "begin"),
+        ("migrate", "begin"),
+        ("reconnect", "begin"),
+        ("release", "end"),
+    ] {
+        let o = env.hook(["web1", op, sub, "-"], Stdin::Bytes(outside.as_bytes()));
+        assert_eq!(o.status.code(), Some(0), "{op}: {}", common::show(&o));
+        assert!(o.stdout.is_empty(), "{op}: {}", common::show(&o));
+        assert_one_sentence(&o, "hook.enabled = false", op);
+    }
+    let plain = domain_xml(
+        "plain",
+        None,
+        &[XmlNic { mac: "52:54:00:00:00:41", bridge: "cloudbr0", target: Some("vnet4") }],
+    );
+    let o = env.hook(["plain", "prepare", "begin", "-"], Stdin::Bytes(plain.as_bytes()));
+    assert_eq!(o.status.code(), Some(0), "{}", common::show(&o));
+    assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{}", common::show(&o));
+    assert_eq!(env.state(), before);
+    // No config file at all: a domain with nothing for hvroute still starts, silently.
+    std::fs::remove_file(env.config()).unwrap();
+    for (op, sub) in [("prepare", "begin"), ("started", "begin"), ("release", "end")] {
+        let o = env.hook(["plain", op, sub, "-"], Stdin::Bytes(plain.as_bytes()));
+        assert_eq!(o.status.code(), Some(0), "{op}: {}", common::show(&o));
+        assert!(o.stdout.is_empty() && o.stderr.is_empty(), "{op}: {}", common::show(&o));
+    }
+    assert_eq!(env.state(), before);
+}
+
 /// Prevents: a hook that blocks (here on the state dir's lock, which a wedged writer
 /// holds) hanging libvirtd, which waits for hooks without a timeout. After the cap the
 /// hook exits: non-zero where that aborts the start, 0 where it must.

@@ -9,6 +9,9 @@
 //! - Idempotent: the same script again changes nothing. A file of that name that hvroute
 //!   did not write is refused (exit 2), never overwritten.
 //! - libvirtd looks for hooks when it starts (and on SIGHUP); the command says so.
+//! - `--bin PATH` (hidden) writes the script for the binary as installed on another host;
+//!   scripts/package.sh makes the Debian package's hook file with it, so the package and
+//!   `hook install` ship the same script.
 
 use std::fs;
 use std::io::Write;
@@ -89,13 +92,25 @@ pub fn install(dir: &Path, bin: &Path, config: &Path) -> Result<Installed> {
 }
 
 pub fn run(config: &Path, a: &InstallArgs) -> Result<()> {
-    let bin = std::env::current_exe().context("cannot tell where this hvroute binary is")?;
     let config =
         std::path::absolute(config).with_context(|| format!("cannot resolve {}", config.display()))?;
-    if let Err(e) = crate::config::Config::load(&config) {
-        eprintln!(
-            "hvroute: warning: {e}; until it loads, the hook refuses to start VMs that have hvroute metadata"
-        );
+    let bin = match &a.bin {
+        Some(b) if b.is_absolute() => b.clone(),
+        Some(b) => return Err(Invalid(format!("--bin {} is not an absolute path", b.display())).into()),
+        None => std::env::current_exe().context("cannot tell where this hvroute binary is")?,
+    };
+    // Packaging for another host (--bin): its config is not this machine's business.
+    if a.bin.is_none() {
+        match crate::config::Config::load(&config) {
+            Err(e) => eprintln!(
+                "hvroute: warning: {e}; until it loads, the hook refuses to start VMs that have hvroute metadata"
+            ),
+            Ok(c) if !c.hook.enabled => eprintln!(
+                "hvroute: warning: hook.enabled = false in {}: the hook leaves every VM alone until it is true",
+                config.display()
+            ),
+            Ok(_) => {}
+        }
     }
     let done = install(&a.dir, &bin, &config)?;
     let changed = match &done {

@@ -26,6 +26,9 @@
 //! - `restore begin`: nothing. Always exit 0.
 //! - anything else: one line on stderr, exit 0.
 //!
+//! With `hook.enabled = false` every op is a no-op that exits 0 (one line on stderr for a
+//! domain with hvroute metadata): the Debian package's example config ships it so.
+//!
 //! For every op: nothing is ever printed on stdout (for `migrate` and `restore` libvirt
 //! takes stdout as the new domain XML); a domain with nothing for hvroute is a no-op with
 //! exit 0; an entry written by `vm add` (source `cli`) under the same name is never
@@ -111,6 +114,10 @@ pub struct InstallArgs {
     /// libvirt's hooks directory.
     #[arg(long, value_name = "DIR", default_value = "/etc/libvirt/hooks")]
     pub dir: std::path::PathBuf,
+    /// The binary the script runs, as installed on the target host, instead of this one.
+    /// For packaging: the config file is then not checked here.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub bin: Option<std::path::PathBuf>,
 }
 
 /// The libvirt ops hvroute knows.
@@ -295,6 +302,19 @@ fn qemu(config: &Path, a: &QemuArgs) -> Result<()> {
     } else {
         read_stdin(MAX_XML_BYTES, STDIN_WAIT.min(watchdog.left() / 2))
     };
+    if let Ok(c) = &cfg
+        && !c.hook.enabled
+    {
+        // Installed but not switched on (the packaged example config): leave every VM
+        // alone, and say so only for a domain that asks for hvroute.
+        if input.xml().ok().and_then(|x| domain::parse(x).ok()).is_some_and(|d| d.is_managed()) {
+            eprintln!(
+                "hvroute: {what}: hook.enabled = false in {}: its hvroute metadata is ignored",
+                config.display()
+            );
+        }
+        return Ok(());
+    }
     let r = match op {
         Op::Prepare => ops::prepare(cfg, &a.name, &input),
         Op::Started => ops::started(cfg, &a.name, &input),
