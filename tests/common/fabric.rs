@@ -58,8 +58,11 @@ use serde_json::Value;
 use super::topology::{self, Facts, Hypervisor, Topology};
 use super::*;
 
+/// The spine's AS, as in [`FABRIC_TOPOLOGY`] (where the fabric takes it from; the tests
+/// assert with these constants, and tests/netns_topology.rs checks that they agree).
 pub const SPINE_ASN: u32 = 65000;
-/// The spine's own prefixes, which it advertises and the hypervisors must refuse.
+/// The spine's own prefixes, which it advertises and the hypervisors must refuse (the file's
+/// `HVR_EXTRA4` and `HVR_EXTRA6`).
 pub const EXTRA4: &str = "203.0.113.0/24";
 pub const EXTRA6: &str = "2001:db8:ffff::/64";
 pub const DEFAULT4: &str = "0.0.0.0/0";
