@@ -227,3 +227,20 @@ fn fabric_holds_exactly_the_file() {
         }
     }
 }
+
+/// Under containerlab each node sets itself up from `lab-topology node FILE NODE`: a
+/// hypervisor must learn its own VMs (and only those) and the spine its neighbours in the
+/// peering each hypervisor uses, or the containerlab lab would differ from the namespace lab.
+#[test]
+fn node_facts_for_containerlab_follow_the_links() {
+    let facts = lab_file().facts().expect("lab facts");
+    let hv1 = facts.node_shell("hv1").expect("hv1");
+    assert!(hv1.contains("VMS='vm1,52:54:00:00:00:01,192.0.2.10,2001:db8:100::10,vm1p vm2,52:54:00:00:00:02,,2001:db8:100::20,vm2p'"), "{hv1}");
+    assert!(hv1.contains("PEER='uplink0'"), "{hv1}");
+    let hv2 = facts.node_shell("hv2").expect("hv2");
+    assert!(hv2.contains("PEER='10.255.2.0'") && hv2.contains("ADDRS='uplink0 10.255.2.1/31'"), "{hv2}");
+    let spine = facts.node_shell("spine").expect("spine");
+    assert!(spine.contains("NEIGHBORS='hv1:interface 10.255.2.1:65002'"), "{spine}");
+    let e = facts.node_shell("vm9").expect_err("no such node").to_string();
+    assert_eq!(e, "node \"vm9\" is not in the topology");
+}
