@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # A spine running FRR, two hypervisors running FRR and hvroute, three VMs and an outside host,
 # all in network namespaces. Run `scripts/lab.sh --help` for the picture and the commands.
+#
+# The lab's nodes, links, addresses, ASNs and VMs come from one file,
+# tests/topologies/lab.clab.yml, in containerlab's topology format: `up` makes one namespace
+# per node and one veth per link, and configures them from the nodes' HVR_* facts. The same
+# file deploys with containerlab (docs/containerlab.md). examples/lab-topology.rs, which uses
+# the tests' parser (tests/common/topology.rs), turns the file into the bash tables below.
+# shellcheck disable=SC2154  # the topology's tables are set by apply_topology's eval
 set -euo pipefail
 
 log_prefix=lab
@@ -8,16 +15,25 @@ log_prefix=lab
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # ---------------------------------------------------------------------------------------------
-# The lab's fixed facts. Test traffic stays inside these namespaces and these documentation
-# prefixes (RFC 5737, RFC 3849), link-local addresses and 10.255.0.0/16 link nets.
+# Where the lab lives. A test runs its own lab beside an admin's with its own prefix and run
+# directory. Test traffic stays inside these namespaces and the file's documentation prefixes
+# (RFC 5737, RFC 3849), link-local addresses and 10.255.0.0/16 link nets.
 
-readonly ns_prefix=hvr-lab-
-readonly ns_spine=hvr-lab-spine
-readonly ns_out=hvr-lab-out
-readonly hvs=(hv1 hv2)
-readonly vms=(vm1 vm2 vm3)
+readonly ns_prefix="${HVROUTE_LAB_PREFIX:-hvr-lab-}"
+readonly run_dir="${HVROUTE_LAB_RUN_DIR:-/run/hvroute-lab}"
+readonly topology_file="${HVROUTE_LAB_TOPOLOGY:-$repo_root/tests/topologies/lab.clab.yml}"
+readonly topology_bin="$repo_root/target/release/examples/lab-topology"
+# The tables `up` read from the topology file, kept for `status`.
+readonly topology_saved="$run_dir/topology.sh"
 
-readonly run_dir=/run/hvroute-lab
+if [[ ! "$ns_prefix" =~ ^[a-z0-9][a-z0-9-]{0,19}$ ]]; then
+    printf 'lab: HVROUTE_LAB_PREFIX=%q is not a short lowercase name (a-z, 0-9, -)\n' "$ns_prefix" >&2
+    exit 2
+fi
+if [[ "$run_dir" != /* || "$run_dir" == / ]]; then
+    printf 'lab: HVROUTE_LAB_RUN_DIR=%q is not an absolute directory below /\n' "$run_dir" >&2
+    exit 2
+fi
 
 readonly bridge=cloudbr0
 readonly bridge_mac=0e:00:00:00:00:01
@@ -33,40 +49,6 @@ readonly frr_etc=/etc/frr
 readonly frr_run=/var/run/frr
 readonly frr_daemons=(zebra bgpd)
 
-# The spine.
-readonly spine_asn=65000
-readonly spine_router_id=10.255.255.254
-# The extra prefixes the spine announces to the hypervisors, which hvroute's inbound policy
-# (route-map HVR-IN: only 0.0.0.0/0 and ::/0) must refuse. Blackholed on the spine.
-readonly extra4=198.51.100.0/24
-readonly extra6=2001:db8:eeee::/48
-
-# The outside host, behind the spine: spine:out0 <-> out:eth0.
-readonly spine_out_if=out0
-readonly spine_out4=10.255.0.0
-readonly spine_out6=2001:db8:ffff:1::1
-readonly out_if=eth0
-readonly out_link4=10.255.0.1
-readonly out_link6=2001:db8:ffff:1::2
-readonly out_addr4=203.0.113.10
-readonly out_addr6=2001:db8:ffff::10
-
-# The hypervisors. Uplink: hvN:uplink0 <-> spine:hvN. hv1 peers unnumbered (link-local
-# only: no address on either end), hv2 numbered over a /31.
-readonly hv_uplink=uplink0
-declare -A hv_asn=([hv1]=65001 [hv2]=65002)
-declare -A hv_router_id=([hv1]=10.255.255.1 [hv2]=10.255.255.2)
-declare -A hv_link4=([hv1]="" [hv2]=10.255.2.1)
-declare -A spine_link4=([hv1]="" [hv2]=10.255.2.0)
-readonly hv_asn hv_router_id hv_link4 spine_link4
-
-# Per VM: hypervisor, MAC, IPv4 (empty = IPv6 only), IPv6 (empty = IPv4 only).
-declare -A vm_hv=([vm1]=hv1 [vm2]=hv1 [vm3]=hv2)
-declare -A vm_mac=([vm1]=52:54:00:00:00:01 [vm2]=52:54:00:00:00:02 [vm3]=52:54:00:00:00:03)
-declare -A vm_ip4=([vm1]=192.0.2.10 [vm2]="" [vm3]=192.0.2.30)
-declare -A vm_ip6=([vm1]=2001:db8:100::10 [vm2]=2001:db8:100::20 [vm3]=2001:db8:100::30)
-readonly vm_hv vm_mac vm_ip4 vm_ip6
-
 # How long to wait for things that happen asynchronously.
 readonly frr_start_timeout_s=10
 readonly bridge_timeout_s=10
@@ -81,25 +63,59 @@ readonly ping_opts="-c3 -i0.2 -w3"
 
 hvroute_bin="${HVROUTE_BIN:-$repo_root/target/release/hvroute}"
 
-hv_ns() { echo "${ns_prefix}$1"; }
-vm_ns() { echo "${ns_prefix}$1"; }
-vm_port() { echo "${1}p"; }
+# ---------------------------------------------------------------------------------------------
+# The topology. apply_topology DECLARATIONS: evaluates lab-topology's bash tables:
+#   topo_nodes, topo_links ("a:if b:if")        every node and veth of the file
+#   spine_node spine_asn spine_router_id extra4 extra6 spine_routes
+#   out_node spine_out_if spine_out_addrs out_if out_link_addrs out_loopback out_addr4
+#   out_addr6 out_routes                         the outside host and its link
+#   hvs; hv_asn hv_router_id hv_uplink spine_hv_if hv_uplink_addrs spine_hv_addrs hv_link4
+#   spine_link4 (per hypervisor; the last four empty when it peers unnumbered)
+#   vms; vm_hv vm_port vm_if vm_mac vm_ip4 vm_ip6 (per VM; an empty address: no such family)
+# and sets the names derived from them.
+apply_topology() {
+    eval "$1"
+    ns_spine="$(node_ns "$spine_node")"
+    ns_out="$(node_ns "$out_node")"
+    spine_ps="$ns_spine"
+}
+
+# read_topology: the file's tables, from lab-topology (which `up` builds). Exits 2 on a bad file.
+read_topology() {
+    [[ -x "$topology_bin" ]] || die "no $topology_bin; 'scripts/lab.sh up' builds it (cargo build --release --example lab-topology)."
+    local out
+    out="$("$topology_bin" bash "$topology_file")" || exit 2
+    printf '%s\n' "$out"
+}
+
+# load_saved_topology: the tables of the lab that `up` started; false if there is none.
+load_saved_topology() {
+    [[ -r "$topology_saved" ]] || return 1
+    apply_topology "$(cat "$topology_saved")"
+}
+
+node_ns() { echo "${ns_prefix}$1"; }
+hv_ns() { node_ns "$1"; }
+vm_ns() { node_ns "$1"; }
 hv_dir() { echo "$run_dir/$1"; }
 hv_conf() { echo "$run_dir/$1/hvroute.toml"; }
 hv_pid_file() { echo "$run_dir/$1/daemon.pid"; }
 hv_log_file() { echo "$run_dir/$1/daemon.log"; }
 # The pathspace of a hypervisor's or the spine's FRR: the name of its namespace.
 hv_ps() { hv_ns "$1"; }
-readonly spine_ps="$ns_spine"
-all_ps() { echo "$spine_ps" "$(hv_ps hv1)" "$(hv_ps hv2)"; }
+all_ps() {
+    local hv
+    echo "$spine_ps"
+    for hv in "${hvs[@]}"; do hv_ps "$hv"; done
+}
 
 # The spine's BGP neighbour for a hypervisor: its interface (unnumbered) or its address.
 spine_neighbor() {
-    if [[ -n "${hv_link4[$1]}" ]]; then echo "${hv_link4[$1]}"; else echo "$1"; fi
+    if [[ -n "${hv_link4[$1]}" ]]; then echo "${hv_link4[$1]}"; else echo "${spine_hv_if[$1]}"; fi
 }
 # The hypervisor's BGP neighbour (its `[[bgp.peer]]`): the uplink (unnumbered) or the spine's address.
 hv_neighbor() {
-    if [[ -n "${spine_link4[$1]}" ]]; then echo "${spine_link4[$1]}"; else echo "$hv_uplink"; fi
+    if [[ -n "${spine_link4[$1]}" ]]; then echo "${spine_link4[$1]}"; else echo "${hv_uplink[$1]}"; fi
 }
 hv_peering() {
     if [[ -n "${hv_link4[$1]}" ]]; then echo numbered; else echo unnumbered; fi
@@ -132,6 +148,8 @@ hv_vm_prefixes() {
     vm_prefixes "${list[@]}"
 }
 
+# The picture shows tests/topologies/lab.clab.yml as it is; tests/netns_topology.rs checks that
+# every address, MAC and ASN in the file appears here.
 usage() {
     cat <<EOF
 Usage: scripts/lab.sh up|down|status
@@ -139,31 +157,35 @@ Usage: scripts/lab.sh up|down|status
 
 A lab for hvroute in network namespaces: a spine running FRR, two hypervisors each running
 FRR and 'hvroute daemon', three VMs and an outside host. No traffic leaves this machine.
+Every node, link, address and ASN comes from ${topology_file#"$repo_root"/}
+(containerlab's topology format; the same file deploys with containerlab, see
+docs/containerlab.md). One namespace per node, named ${ns_prefix}NODE.
 
-  ${ns_out} (outside host)
-    lo   ${out_addr4}/32, ${out_addr6}/128
-    ${out_if} ${out_link4}/31, ${out_link6}/64; default routes via the spine
+  ${ns_prefix}out (outside host)
+    lo   203.0.113.10/32, 2001:db8:ffff::10/128
+    eth1 10.255.0.1/31, 2001:db8:ffff:1::2/64; default routes via the spine
      │
-    ${spine_out_if} ${spine_out4}/31, ${spine_out6}/64
-  ${ns_spine} (FRR, AS ${spine_asn})
-    static routes to the outside host; blackholes ${extra4} and ${extra6}
+    out0 10.255.0.0/31, 2001:db8:ffff:1::1/64
+  ${ns_prefix}spine (FRR, AS 65000, router id 10.255.255.254)
+    static routes to the outside host; blackholes 198.51.100.0/24 and 2001:db8:eeee::/48
     announces to each hypervisor 0.0.0.0/0 and ::/0 (default-originate), and the extra
-    ${extra4} and ${extra6}, which the hypervisors must refuse
-    hv1 (link-local only)                     hv2 ${spine_link4[hv2]}/31
+    198.51.100.0/24 and 2001:db8:eeee::/48, which the hypervisors must refuse
+    hv1 (link-local only)                     hv2 10.255.2.0/31
      │ BGP unnumbered, IPv4 routes              │ BGP numbered
      │ over IPv6 next hops (RFC 8950)           │
-    ${hv_uplink} (link-local only)                 ${hv_uplink} ${hv_link4[hv2]}/31
-  $(hv_ns hv1) (FRR AS ${hv_asn[hv1]}, hvroute)       $(hv_ns hv2) (FRR AS ${hv_asn[hv2]}, hvroute)
+    uplink0 (link-local only)                 uplink0 10.255.2.1/31
+  ${ns_prefix}hv1 (FRR AS 65001, hvroute)       ${ns_prefix}hv2 (FRR AS 65002, hvroute)
+    router id 10.255.255.1                    router id 10.255.255.2
     ${bridge} 169.254.0.1/32, fe80::1/64       ${bridge} 169.254.0.1/32, fe80::1/64
-     ├── vm1p ── $(vm_ns vm1) (dual stack)      └── vm3p ── $(vm_ns vm3) (dual stack)
-     └── vm2p ── $(vm_ns vm2) (IPv6 only)
+     ├── vm1p ── ${ns_prefix}vm1 (dual stack)      └── vm3p ── ${ns_prefix}vm3 (dual stack)
+     └── vm2p ── ${ns_prefix}vm2 (IPv6 only)
 
-  vm1  ${vm_mac[vm1]}  ${vm_ip4[vm1]}/32  ${vm_ip6[vm1]}/128
-  vm2  ${vm_mac[vm2]}  ${vm_ip6[vm2]}/128
-  vm3  ${vm_mac[vm3]}  ${vm_ip4[vm3]}/32  ${vm_ip6[vm3]}/128
+  vm1  52:54:00:00:00:01  192.0.2.10/32  2001:db8:100::10/128
+  vm2  52:54:00:00:00:02  2001:db8:100::20/128
+  vm3  52:54:00:00:00:03  192.0.2.30/32  2001:db8:100::30/128
 
-Each VM is set up the way its ConfigDrive sets up a guest: its /32 and /128 on eth0,
-"default via 169.254.0.1 dev eth0 onlink" (only with IPv4), "::/0 via fe80::1 dev eth0",
+Each VM is set up the way its ConfigDrive sets up a guest: its /32 and /128 on eth1,
+"default via 169.254.0.1 dev eth1 onlink" (only with IPv4), "::/0 via fe80::1 dev eth1",
 accept_ra=0. On each hypervisor, hvroute makes ${bridge} (MAC ${bridge_mac}, the same on both),
 routes each VM address as a /32 or /128 onto it with a permanent neighbour entry (both with
 route protocol ${route_protocol}), and tells that hypervisor's FRR to announce exactly those
@@ -175,11 +197,12 @@ outside host reach everything else through the spine's default routes. vm1 and v
 each other through the spine.
 
 Commands:
-  up      Build hvroute (cargo build --release), create the namespaces and veths, start FRR
-          (zebra and bgpd) on the spine and on both hypervisors, write an hvroute.toml per
-          hypervisor, register the VMs with 'hvroute vm add ... --port vmNp', start one
-          'hvroute daemon' per hypervisor, plug the VM ports into ${bridge} once it exists, then
-          check and print:
+  up      Build hvroute and the topology reader (cargo build --release --bin hvroute
+          --example lab-topology), read the topology file, create one namespace per node
+          and one veth per link, start FRR (zebra and bgpd) on the spine and on both
+          hypervisors, write an hvroute.toml per hypervisor, register the VMs with
+          'hvroute vm add ... --port vmNp', start one 'hvroute daemon' per hypervisor, plug
+          the VM ports into ${bridge} once it exists, then check and print:
             - every BGP session Established (both address families);
             - the spine's BGP table and kernel hold exactly the VM prefixes (compared as sets);
             - each hypervisor's BGP table holds the spine's defaults and nothing else it
@@ -188,39 +211,43 @@ Commands:
           Exits non-zero if any check fails (the lab is left up so you can look). Running 'up'
           on a lab that is fully up does nothing; on a partial one it refuses (run 'down').
   down    Stop the hvroute daemons (by their recorded PIDs: TERM, then KILL after ${stop_timeout_s}s), stop
-          the lab's FRR daemons (by the PIDs in their pid files), delete the hvr-lab-*
-          namespaces, /etc/frr/hvr-lab-*, /var/run/frr/hvr-lab-* and ${run_dir}.
+          the lab's FRR daemons (by the PIDs in their pid files), delete the ${ns_prefix}*
+          namespaces, /etc/frr/${ns_prefix}*, /var/run/frr/${ns_prefix}* and ${run_dir}.
           Safe to run any number of times.
   status  Show the namespaces, FRR's daemons and 'show bgp summary' per FRR, each hvroute
           daemon and its 'hvroute status', and the spine's BGP routes in the kernel. Exits 0
           only if the lab is fully up.
 
-FRR pathspaces (vtysh -N ...): $(all_ps)
+FRR pathspaces (vtysh -N ...): the namespaces' names, ${ns_prefix}spine ${ns_prefix}hv1 ${ns_prefix}hv2
 Files in ${run_dir}/hv1 and hv2: hvroute.toml (config), state/ (desired state),
-hvroute.sock, daemon.pid, daemon.log.
+hvroute.sock, daemon.pid, daemon.log; ${run_dir}/topology.sh: the tables 'up' read.
 
 Environment:
-  HVROUTE_BIN=PATH   use this hvroute binary and skip 'cargo build --release'
-  RUST_LOG=FILTER    the daemons' log filter (default: info); the logs have no colours (NO_COLOR=1)
+  HVROUTE_BIN=PATH           use this hvroute binary and skip building it
+  HVROUTE_LAB_PREFIX=NAME    namespace and FRR pathspace prefix (default hvr-lab-)
+  HVROUTE_LAB_RUN_DIR=DIR    configs, logs, PIDs (default /run/hvroute-lab)
+  HVROUTE_LAB_TOPOLOGY=FILE  another topology file of the same shape (default
+                             tests/topologies/lab.clab.yml)
+  RUST_LOG=FILTER            the daemons' log filter (default: info); the logs have no colours (NO_COLOR=1)
 
 Things to try once the lab is up:
-  vtysh -N ${spine_ps} -c 'show bgp summary'
-  vtysh -N ${spine_ps} -c 'show bgp ipv4 unicast'            # vm1 via fe80::... (hv1, unnumbered)
-  vtysh -N ${spine_ps} -c 'show bgp ipv4 unicast neighbors hv1 advertised-routes'
-  vtysh -N $(hv_ps hv1) -c 'show running-config'             # what hvroute pushed
-  vtysh -N $(hv_ps hv1) -c 'show bgp ipv4 unicast'           # 0.0.0.0/0 only, no ${extra4}
-  ip -n ${ns_spine} route show proto bgp                     # IPv4 via inet6 fe80::... (RFC 8950)
-  ip netns exec $(hv_ns hv1) ${hvroute_bin} --config $(hv_conf hv1) status
-  ip netns exec $(vm_ns vm1) ping ${vm_ip4[vm3]}                     # across hypervisors
-  ip netns exec ${ns_out} ping -I ${out_addr6} ${vm_ip6[vm2]}
-  tail -f $(hv_log_file hv1)
+  vtysh -N ${ns_prefix}spine -c 'show bgp summary'
+  vtysh -N ${ns_prefix}spine -c 'show bgp ipv4 unicast'            # vm1 via fe80::... (hv1, unnumbered)
+  vtysh -N ${ns_prefix}spine -c 'show bgp ipv4 unicast neighbors hv1 advertised-routes'
+  vtysh -N ${ns_prefix}hv1 -c 'show running-config'             # what hvroute pushed
+  vtysh -N ${ns_prefix}hv1 -c 'show bgp ipv4 unicast'           # 0.0.0.0/0 only, no 198.51.100.0/24
+  ip -n ${ns_prefix}spine route show proto bgp                     # IPv4 via inet6 fe80::... (RFC 8950)
+  ip netns exec ${ns_prefix}hv1 ${hvroute_bin} --config ${run_dir}/hv1/hvroute.toml status
+  ip netns exec ${ns_prefix}vm1 ping 192.0.2.30                     # across hypervisors
+  ip netns exec ${ns_prefix}out ping -I 2001:db8:ffff::10 2001:db8:100::20
+  tail -f ${run_dir}/hv1/daemon.log
 EOF
 }
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers.
 
-# lab_namespaces: the hvr-lab-* namespaces that exist now, one per line.
+# lab_namespaces: the namespaces with the lab's prefix that exist now, one per line.
 lab_namespaces() {
     ip netns list 2>/dev/null | awk -v p="$ns_prefix" 'index($1, p) == 1 {print $1}'
 }
@@ -229,12 +256,10 @@ ns_exists() {
     lab_namespaces | grep -qx -- "$1"
 }
 
-# all_namespaces: every namespace the lab makes.
+# all_namespaces: every namespace the lab makes, one per node of the topology file.
 all_namespaces() {
     local x
-    echo "$ns_spine" "$ns_out"
-    for x in "${hvs[@]}"; do hv_ns "$x"; done
-    for x in "${vms[@]}"; do vm_ns "$x"; done
+    for x in "${topo_nodes[@]}"; do node_ns "$x"; done
 }
 
 # in_ns NS CMD...: run CMD inside namespace NS.
@@ -533,63 +558,89 @@ create_namespaces() {
     done
 }
 
+# create_links: one veth per link of the topology file, "a:if b:if", each end in its node's
+# namespace. Down until configured below.
+create_links() {
+    local link a b
+    for link in "${topo_links[@]}"; do
+        read -r a b <<<"$link"
+        ip -n "$(node_ns "${a%%:*}")" link add "${a#*:}" type veth peer name "${b#*:}" netns "$(node_ns "${b%%:*}")"
+    done
+}
+
+# add_addrs NS IF ADDR/LEN...: the addresses on IF (IPv6 without duplicate address detection).
+add_addrs() {
+    local ns="$1" dev="$2" a
+    shift 2
+    for a in "$@"; do
+        if [[ "$a" == *:* ]]; then
+            ip -n "$ns" -6 addr add "$a" dev "$dev" nodad
+        else
+            ip -n "$ns" addr add "$a" dev "$dev"
+        fi
+    done
+}
+
+# add_routes NS ROUTE...: `ip route add ROUTE` for each (the family follows the prefix).
+add_routes() {
+    local ns="$1" r
+    shift
+    for r in "$@"; do
+        # shellcheck disable=SC2086  # a route is a word list by design
+        ip -n "$ns" route add $r
+    done
+}
+
 setup_spine_and_out() {
     in_ns "$ns_spine" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 
-    ip -n "$ns_spine" link add "$spine_out_if" type veth peer name "$out_if" netns "$ns_out"
-    ip -n "$ns_spine" addr add "$spine_out4/31" dev "$spine_out_if"
-    ip -n "$ns_spine" -6 addr add "$spine_out6/64" dev "$spine_out_if" nodad
+    # shellcheck disable=SC2086  # address lists
+    add_addrs "$ns_spine" "$spine_out_if" $spine_out_addrs
     ip -n "$ns_spine" link set "$spine_out_if" up
-    # The outside host is not announced: the hypervisors reach it through the default routes.
-    ip -n "$ns_spine" route add "$out_addr4/32" via "$out_link4" dev "$spine_out_if"
-    ip -n "$ns_spine" -6 route add "$out_addr6/128" via "$out_link6" dev "$spine_out_if"
-    # The extra prefixes exist on the spine only so that its 'network' lines pass import-check.
-    ip -n "$ns_spine" route add blackhole "$extra4"
-    ip -n "$ns_spine" -6 route add blackhole "$extra6"
+    # The file's static routes: to the outside host (which is not announced: the hypervisors
+    # reach it through the default routes), and blackholes for the extra prefixes, which exist
+    # on the spine only so that its 'network' lines pass import-check.
+    add_routes "$ns_spine" "${spine_routes[@]}"
 
-    ip -n "$ns_out" addr add "$out_addr4/32" dev lo
-    ip -n "$ns_out" -6 addr add "$out_addr6/128" dev lo
-    ip -n "$ns_out" addr add "$out_link4/31" dev "$out_if"
-    ip -n "$ns_out" -6 addr add "$out_link6/64" dev "$out_if" nodad
+    # shellcheck disable=SC2086  # address lists
+    add_addrs "$ns_out" lo $out_loopback
+    # shellcheck disable=SC2086  # address lists
+    add_addrs "$ns_out" "$out_if" $out_link_addrs
     ip -n "$ns_out" link set "$out_if" up
-    ip -n "$ns_out" route add default via "$spine_out4" dev "$out_if"
-    ip -n "$ns_out" -6 route add default via "$spine_out6" dev "$out_if"
+    add_routes "$ns_out" "${out_routes[@]}"
 }
 
 # setup_uplink HV: the veth hvN:uplink0 <-> spine:hvN. Link-local addresses come from the
-# kernel; the numbered hypervisor gets its /31 on top.
+# kernel; a numbered hypervisor gets the file's addresses on top.
 setup_uplink() {
-    local hv="$1" ns
+    local hv="$1" ns up sp
     ns="$(hv_ns "$hv")"
-    ip -n "$ns" link add "$hv_uplink" type veth peer name "$hv" netns "$ns_spine"
-    if [[ -n "${hv_link4[$hv]}" ]]; then
-        ip -n "$ns" addr add "${hv_link4[$hv]}/31" dev "$hv_uplink"
-        ip -n "$ns_spine" addr add "${spine_link4[$hv]}/31" dev "$hv"
-    fi
-    ip -n "$ns" link set "$hv_uplink" up
-    ip -n "$ns_spine" link set "$hv" up
+    up="${hv_uplink[$hv]}"
+    sp="${spine_hv_if[$hv]}"
+    # shellcheck disable=SC2086  # address lists
+    add_addrs "$ns" "$up" ${hv_uplink_addrs[$hv]}
+    # shellcheck disable=SC2086  # address lists
+    add_addrs "$ns_spine" "$sp" ${spine_hv_addrs[$hv]}
+    ip -n "$ns" link set "$up" up
+    ip -n "$ns_spine" link set "$sp" up
 }
 
-# setup_vm NAME: the veth pair and the guest side, configured as its ConfigDrive would.
+# setup_vm NAME: the guest side, configured as its ConfigDrive would. The host side (its port)
+# stays down and unplugged until the daemon has made the bridge.
 setup_vm() {
-    local vm="$1" ns port hvns
+    local vm="$1" ns dev
     ns="$(vm_ns "$vm")"
-    port="$(vm_port "$vm")"
-    hvns="$(hv_ns "${vm_hv[$vm]}")"
-
-    ip -n "$hvns" link add "$port" type veth peer name eth0 netns "$ns"
-    # The host side stays down and unplugged until the daemon has made the bridge.
-
-    ip -n "$ns" link set eth0 address "${vm_mac[$vm]}"
-    in_ns "$ns" sysctl -qw net.ipv6.conf.eth0.accept_ra=0
-    ip -n "$ns" link set eth0 up
+    dev="${vm_if[$vm]}"
+    ip -n "$ns" link set "$dev" address "${vm_mac[$vm]}"
+    in_ns "$ns" sysctl -qw "net.ipv6.conf.$dev.accept_ra=0"
+    ip -n "$ns" link set "$dev" up
     if [[ -n "${vm_ip4[$vm]}" ]]; then
-        ip -n "$ns" addr add "${vm_ip4[$vm]}/32" dev eth0
-        ip -n "$ns" route add default via 169.254.0.1 dev eth0 onlink
+        ip -n "$ns" addr add "${vm_ip4[$vm]}/32" dev "$dev"
+        ip -n "$ns" route add default via 169.254.0.1 dev "$dev" onlink
     fi
     if [[ -n "${vm_ip6[$vm]}" ]]; then
-        ip -n "$ns" -6 addr add "${vm_ip6[$vm]}/128" dev eth0 nodad
-        ip -n "$ns" -6 route add default via fe80::1 dev eth0
+        ip -n "$ns" -6 addr add "${vm_ip6[$vm]}/128" dev "$dev" nodad
+        ip -n "$ns" -6 route add default via fe80::1 dev "$dev"
     fi
 }
 
@@ -735,7 +786,7 @@ EOF
         else
             cat <<EOF
 [[bgp.peer]]                  # BGP unnumbered, over the uplink's link-local addresses
-interface = "$hv_uplink"
+interface = "${hv_uplink[$hv]}"
 remote_as = "external"
 EOF
         fi
@@ -756,7 +807,7 @@ register_vms() {
         args=(vm add "$vm" --mac "${vm_mac[$vm]}")
         [[ -n "${vm_ip4[$vm]}" ]] && args+=(--ip "${vm_ip4[$vm]}")
         [[ -n "${vm_ip6[$vm]}" ]] && args+=(--ip "${vm_ip6[$vm]}")
-        args+=(--port "$(vm_port "$vm")")
+        args+=(--port "${vm_port[$vm]}")
         log "$hv: hvroute ${args[*]}"
         hvroute "$hv" "${args[@]}"
     done
@@ -800,7 +851,7 @@ attach_ports() {
     local hv="$1" vm port ns
     ns="$(hv_ns "$hv")"
     for vm in $(hv_vms "$hv"); do
-        port="$(vm_port "$vm")"
+        port="${vm_port[$vm]}"
         ip -n "$ns" link set "$port" master "$bridge"
         ip -n "$ns" link set "$port" up
         log "$hv: plugged $port into $bridge"
@@ -874,18 +925,27 @@ build_checks() {
             checks+=("out -> $vm   IPv6|$ns_out|-6 $ping_opts -I $out_addr6 ${vm_ip6[$vm]}")
         fi
     done
-    checks+=(
-        # Across hypervisors, through the spine.
-        "vm1 -> vm3   IPv4|$(vm_ns vm1)|-4 $ping_opts ${vm_ip4[vm3]}"
-        "vm3 -> vm1   IPv4|$(vm_ns vm3)|-4 $ping_opts ${vm_ip4[vm1]}"
-        "vm1 -> vm3   IPv6|$(vm_ns vm1)|-6 $ping_opts ${vm_ip6[vm3]}"
-        "vm3 -> vm1   IPv6|$(vm_ns vm3)|-6 $ping_opts ${vm_ip6[vm1]}"
-        "vm2 -> vm3   IPv6|$(vm_ns vm2)|-6 $ping_opts ${vm_ip6[vm3]}"
-        "vm3 -> vm2   IPv6|$(vm_ns vm3)|-6 $ping_opts ${vm_ip6[vm2]}"
-        # On one hypervisor, through its bridge.
-        "vm1 -> vm2   IPv6|$(vm_ns vm1)|-6 $ping_opts ${vm_ip6[vm2]}"
-        "vm2 -> vm1   IPv6|$(vm_ns vm2)|-6 $ping_opts ${vm_ip6[vm1]}"
-    )
+    # Between every two VMs, in each family both have: across hypervisors (through the
+    # spine) first, then on one hypervisor (through its bridge).
+    local same a b fam
+    for same in 0 1; do
+        for a in "${vms[@]}"; do
+            for b in "${vms[@]}"; do
+                [[ "$a" < "$b" ]] || continue
+                [[ "${vm_hv[$a]}" == "${vm_hv[$b]}" ]] && (( same == 0 )) && continue
+                [[ "${vm_hv[$a]}" != "${vm_hv[$b]}" ]] && (( same == 1 )) && continue
+                for fam in 4 6; do
+                    if [[ "$fam" == 4 && -n "${vm_ip4[$a]}" && -n "${vm_ip4[$b]}" ]]; then
+                        checks+=("$a -> $b   IPv4|$(vm_ns "$a")|-4 $ping_opts ${vm_ip4[$b]}")
+                        checks+=("$b -> $a   IPv4|$(vm_ns "$b")|-4 $ping_opts ${vm_ip4[$a]}")
+                    elif [[ "$fam" == 6 && -n "${vm_ip6[$a]}" && -n "${vm_ip6[$b]}" ]]; then
+                        checks+=("$a -> $b   IPv6|$(vm_ns "$a")|-6 $ping_opts ${vm_ip6[$b]}")
+                        checks+=("$b -> $a   IPv6|$(vm_ns "$b")|-6 $ping_opts ${vm_ip6[$a]}")
+                    fi
+                done
+            done
+        done
+    done
 }
 
 # run_checks: ping every path with bounded retries; prints a table; returns 1 if any failed.
@@ -926,12 +986,21 @@ on_up_exit() {
     fi
 }
 
+# lab_pathspaces: the FRR pathspaces with the lab's prefix that have files now, one per line.
+# (Read from the disk, not the topology file, so that 'down' removes whatever 'up' made.)
+lab_pathspaces() {
+    local d
+    for d in "$frr_etc/$ns_prefix"* "$frr_run/$ns_prefix"*; do
+        [[ -e "$d" ]] && basename -- "$d"
+    done | sort -u
+}
+
 # lab_leftovers: whatever of the lab exists now (namespaces, run dir, FRR dirs), one per line.
 lab_leftovers() {
     local ps
     lab_namespaces
     [[ -e "$run_dir" ]] && echo "$run_dir"
-    for ps in $(all_ps); do
+    for ps in $(lab_pathspaces); do
         [[ -e "$frr_etc/$ps" ]] && echo "$frr_etc/$ps"
         [[ -e "$frr_run/$ps" ]] && echo "$frr_run/$ps"
     done
@@ -943,7 +1012,7 @@ cmd_up() {
     local leftovers
     leftovers="$(lab_leftovers)"
     if [[ -n "$leftovers" ]]; then
-        if lab_is_up >/dev/null 2>&1; then
+        if load_saved_topology && lab_is_up >/dev/null 2>&1; then
             log "the lab is already up; nothing to do ('scripts/lab.sh status' shows it, 'scripts/lab.sh down' removes it)."
             exit 0
         fi
@@ -953,35 +1022,45 @@ cmd_up() {
     fi
 
     ensure_packages
+    local -a build=(cargo build --release --bin hvroute --example lab-topology)
     if [[ -n "${HVROUTE_BIN:-}" ]]; then
-        log "using HVROUTE_BIN=$hvroute_bin (no build)"
-    else
+        log "using HVROUTE_BIN=$hvroute_bin (hvroute is not built)"
+        build=(cargo build --release --example lab-topology)
+    fi
+    if [[ -z "${HVROUTE_BIN:-}" || ! -x "$topology_bin" ]]; then
         ensure_cargo
-        log "cargo build --release (in $repo_root)"
-        (cd "$repo_root" && cargo build --release) || die "cargo build --release failed; nothing was set up."
+        log "${build[*]} (in $repo_root)"
+        (cd "$repo_root" && "${build[@]}") || die "${build[*]} failed; nothing was set up."
     fi
     [[ -x "$hvroute_bin" ]] || die "no hvroute binary at $hvroute_bin."
+    local topology
+    topology="$(read_topology)" || exit 2
+    apply_topology "$topology"
+    log "topology $topology_file: nodes ${topo_nodes[*]}"
     [[ -x "$frr_libexec/zebra" && -x "$frr_libexec/bgpd" ]] || die "FRR's zebra and bgpd are not in $frr_libexec."
 
     # From here on a failure leaves a partial lab: say how to inspect and remove it.
     trap on_up_exit EXIT
 
     mkdir -p "$run_dir"
+    printf '%s\n' "$topology" >"$topology_saved"
     log "creating namespaces $(all_namespaces | tr '\n' ' ')"
     create_namespaces
-    log "outside link: $ns_spine:$spine_out_if $spine_out4/31 $spine_out6/64 <-> $ns_out:$out_if $out_link4/31 $out_link6/64"
+    log "links from $topology_file: $(printf '%s, ' "${topo_links[@]}" | sed 's/, $//')"
+    create_links
+    log "outside link: $ns_spine:$spine_out_if $spine_out_addrs <-> $ns_out:$out_if $out_link_addrs"
     setup_spine_and_out
     local hv vm
     for hv in "${hvs[@]}"; do
         if [[ -n "${hv_link4[$hv]}" ]]; then
-            log "$hv uplink (numbered): $(hv_ns "$hv"):$hv_uplink ${hv_link4[$hv]}/31 <-> $ns_spine:$hv ${spine_link4[$hv]}/31"
+            log "$hv uplink (numbered): $(hv_ns "$hv"):${hv_uplink[$hv]} ${hv_uplink_addrs[$hv]} <-> $ns_spine:${spine_hv_if[$hv]} ${spine_hv_addrs[$hv]}"
         else
-            log "$hv uplink (unnumbered, link-local only): $(hv_ns "$hv"):$hv_uplink <-> $ns_spine:$hv"
+            log "$hv uplink (unnumbered, link-local only): $(hv_ns "$hv"):${hv_uplink[$hv]} <-> $ns_spine:${spine_hv_if[$hv]}"
         fi
         setup_uplink "$hv"
     done
     for vm in "${vms[@]}"; do
-        log "$vm on ${vm_hv[$vm]}: $(hv_ns "${vm_hv[$vm]}"):$(vm_port "$vm") <-> $(vm_ns "$vm"):eth0 ${vm_mac[$vm]} ${vm_ip4[$vm]:-(no IPv4)} ${vm_ip6[$vm]:-(no IPv6)}"
+        log "$vm on ${vm_hv[$vm]}: $(hv_ns "${vm_hv[$vm]}"):${vm_port[$vm]} <-> $(vm_ns "$vm"):${vm_if[$vm]} ${vm_mac[$vm]} ${vm_ip4[$vm]:-(no IPv4)} ${vm_ip6[$vm]:-(no IPv6)}"
         setup_vm "$vm"
     done
 
@@ -1021,23 +1100,35 @@ cmd_up() {
         fi
     done
 
+    local first_hv="${hvs[0]}" vm stack
+    echo
+    echo "lab: done. The lab is up:"
+    echo "  - spine $ns_spine (FRR AS $spine_asn, pathspace $spine_ps), outside host $ns_out ($out_addr4, $out_addr6)"
+    for hv in "${hvs[@]}"; do
+        printf '  - %s %s: FRR AS %s (pathspace %s), %s uplink%s; hvroute PID %s\n' "$hv" "$(hv_ns "$hv")" \
+            "${hv_asn[$hv]}" "$(hv_ps "$hv")" "$(hv_peering "$hv")" \
+            "${hv_uplink_addrs[$hv]:+ ${hv_uplink_addrs[$hv]}}" "$(recorded_pid "$hv")"
+        for vm in $(hv_vms "$hv"); do
+            if [[ -n "${vm_ip4[$vm]}" && -n "${vm_ip6[$vm]}" ]]; then
+                stack="dual stack"
+            elif [[ -n "${vm_ip4[$vm]}" ]]; then
+                stack="IPv4 only"
+            else
+                stack="IPv6 only"
+            fi
+            echo "      $vm ($stack) ${vm_ip4[$vm]:+${vm_ip4[$vm]} }${vm_ip6[$vm]}"
+        done
+    done
+    echo "  - configs and logs in $run_dir/<hypervisor>"
     cat <<EOF
-
-lab: done. The lab is up:
-  - spine $ns_spine (FRR AS $spine_asn, pathspace $spine_ps), outside host $ns_out ($out_addr4, $out_addr6)
-  - hv1 $(hv_ns hv1): FRR AS ${hv_asn[hv1]} (pathspace $(hv_ps hv1)), unnumbered uplink; hvroute PID $(recorded_pid hv1)
-      vm1 (dual stack) ${vm_ip4[vm1]} ${vm_ip6[vm1]}, vm2 (IPv6 only) ${vm_ip6[vm2]}
-  - hv2 $(hv_ns hv2): FRR AS ${hv_asn[hv2]} (pathspace $(hv_ps hv2)), numbered uplink ${hv_link4[hv2]}/31; hvroute PID $(recorded_pid hv2)
-      vm3 (dual stack) ${vm_ip4[vm3]} ${vm_ip6[vm3]}
-  - configs and logs in $run_dir/hv1 and $run_dir/hv2
 
 Try next:
   vtysh -N $spine_ps -c 'show bgp summary'
   vtysh -N $spine_ps -c 'show bgp ipv4 unicast'
-  vtysh -N $(hv_ps hv1) -c 'show running-config'
+  vtysh -N $(hv_ps "$first_hv") -c 'show running-config'
   ip -n $ns_spine route show proto bgp
-  ip netns exec $(hv_ns hv1) $hvroute_bin --config $(hv_conf hv1) status
-  ip netns exec $(vm_ns vm1) ping ${vm_ip4[vm3]}
+  ip netns exec $(hv_ns "$first_hv") $hvroute_bin --config $(hv_conf "$first_hv") status
+  ip netns exec $(vm_ns "${vms[0]}") ping ${vm_ip6[${vms[-1]}]:-${vm_ip4[${vms[-1]}]}}
   scripts/lab.sh status
   scripts/lab.sh down
 EOF
@@ -1095,6 +1186,8 @@ stop_frr() {
 cmd_down() {
     need_root
     local did="" file hv ps ns
+    local -a pathspaces
+    mapfile -t pathspaces < <(lab_pathspaces)
 
     # The hvroute daemons first, so that none of them talks to an FRR that is going away.
     # ($run_dir/daemon.pid is where the one-hypervisor lab of earlier versions kept its PID.)
@@ -1105,7 +1198,7 @@ cmd_down() {
         stop_daemon "$file" "$hv hvroute daemon"
         did=1
     done
-    for ps in $(all_ps); do
+    for ps in "${pathspaces[@]}"; do
         if [[ -d "$frr_run/$ps" ]]; then
             stop_frr "$ps"
             did=1
@@ -1116,7 +1209,7 @@ cmd_down() {
         ip netns del "$ns"
         did=1
     done
-    for ps in $(all_ps); do
+    for ps in "${pathspaces[@]}"; do
         for file in "$frr_etc/$ps" "$frr_run/$ps"; do
             if [[ -e "$file" ]]; then
                 log "removing $file"
@@ -1169,6 +1262,12 @@ cmd_status() {
 
     if [[ -z "$(lab_leftovers)" ]]; then
         log "the lab is down (start it with 'scripts/lab.sh up')."
+        return 1
+    fi
+    if ! load_saved_topology; then
+        log "parts of a lab are left over, but not $topology_saved, which 'up' writes:"
+        lab_leftovers | indent
+        log "'scripts/lab.sh down' removes them."
         return 1
     fi
 

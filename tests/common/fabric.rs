@@ -14,6 +14,12 @@
 //! - Every hypervisor starts with an EMPTY frr.conf: hvroute pushes its own base config
 //!   (peer-group, policies) and the VM prefixes through vtysh, and saves them with
 //!   `write memory`.
+//! - The spine, the outside host, the hypervisors, their links, addresses and ASNs come
+//!   from `tests/topologies/fabric.clab.yml` (read by `super::topology`): one namespace per
+//!   node (`<prefix>-<node>`), one veth per link. A test with N [`HvSpec`]s uses hv1..hvN of
+//!   the file; its `HvSpec` chooses the peering (unnumbered leaves the file's uplink
+//!   addresses off). VMs and storage networks are added by the tests, not by the file.
+//!   `tests/netns_topology.rs` checks that a fabric holds exactly the file's nodes and links.
 //!
 //! ```text
 //!   <tag>-out (outside host)   lo 203.0.113.10/32, 2001:db8:ffff::10/128
@@ -49,10 +55,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::topology::{self, Facts, Hypervisor, Topology};
 use super::*;
 
+/// The spine's AS, as in [`FABRIC_TOPOLOGY`] (where the fabric takes it from; the tests
+/// assert with these constants, and tests/netns_topology.rs checks that they agree).
 pub const SPINE_ASN: u32 = 65000;
-/// The spine's own prefixes, which it advertises and the hypervisors must refuse.
+/// The spine's own prefixes, which it advertises and the hypervisors must refuse (the file's
+/// `HVR_EXTRA4` and `HVR_EXTRA6`).
 pub const EXTRA4: &str = "203.0.113.0/24";
 pub const EXTRA6: &str = "2001:db8:ffff::/64";
 pub const DEFAULT4: &str = "0.0.0.0/0";
@@ -68,16 +78,34 @@ pub const FOREIGN6_OUT_OF_POOL: &str = "2001:db8:ffff:ee::200";
 /// 2-core machine running two such tests at once.
 pub const FABRIC_BOUND: Duration = Duration::from_secs(30);
 
-const OUT_SPINE4: &str = "10.255.0.0";
-const OUT_HOST4: &str = "10.255.0.1";
-const OUT_SPINE6: &str = "2001:db8:fffe::1";
-const OUT_HOST6: &str = "2001:db8:fffe::2";
-const HV_UPLINK: &str = "uplink0";
+/// The fabric's topology file, the source of its nodes, links, addresses and ASNs.
+pub const FABRIC_TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/fabric.clab.yml");
 const FRR_BIN_DIR: &str = "/usr/lib/frr";
 const FRR_CONF_ROOT: &str = "/etc/frr";
 const FRR_RUN_ROOT: &str = "/var/run/frr";
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The facts of [`FABRIC_TOPOLOGY`], read once; panics with the parser's sentence if the file
+/// is not a valid topology.
+pub fn fabric_facts() -> &'static Facts {
+    static FACTS: std::sync::OnceLock<Facts> = std::sync::OnceLock::new();
+    FACTS.get_or_init(|| {
+        Topology::load(Path::new(FABRIC_TOPOLOGY))
+            .and_then(|t| t.facts())
+            .unwrap_or_else(|e| panic!("{FABRIC_TOPOLOGY}: {e}"))
+    })
+}
+
+/// `ip addr add` for each of ADDRS on DEV in NS (IPv6 without duplicate address detection).
+fn add_addrs(ns: &str, dev: &str, addrs: &[ipnet::IpNet]) {
+    for a in addrs {
+        match a {
+            ipnet::IpNet::V4(_) => ip(ns, &format!("addr add {a} dev {dev}")),
+            ipnet::IpNet::V6(_) => ip(ns, &format!("-6 addr add {a} dev {dev} nodad")),
+        };
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Addresses.
@@ -605,6 +633,8 @@ pub struct Hv {
     pub log: PathBuf,
     pub state: PathBuf,
     pub vms: Vec<Vm>,
+    /// The hypervisor as the topology file describes it (node name, router id, uplink).
+    pub node: Hypervisor,
     vm_prefix: String,
     daemon: Option<Child>,
     namespaces: Vec<String>,
@@ -645,14 +675,22 @@ impl Fabric {
             Path::new(FRR_BIN_DIR).join("bgpd").exists(),
             "these tests need FRR ({FRR_BIN_DIR}/bgpd); install Debian's `frr` package"
         );
+        let facts = fabric_facts();
+        assert!(
+            specs.len() <= facts.hypervisors.len(),
+            "{FABRIC_TOPOLOGY} describes {} hypervisors; this test asks for {}",
+            facts.hypervisors.len(),
+            specs.len()
+        );
         let k = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let prefix = format!("hvt-{tag}-{pid}-{k}");
         let ps_prefix = format!("hvt{pid}n{k}");
         let dir = tempfile::Builder::new().prefix("hvt-frr-").tempdir().expect("tempdir");
+        let (sp, host) = (&facts.spine, &facts.host);
         let mut f = Fabric {
-            spine: format!("{prefix}-spine"),
-            out: format!("{prefix}-out"),
+            spine: format!("{prefix}-{}", sp.name),
+            out: format!("{prefix}-{}", host.name),
             prefix,
             spine_frr: None,
             hvs: Vec::new(),
@@ -667,24 +705,24 @@ impl Fabric {
             "echo 1 > /proc/sys/net/ipv4/ip_forward && echo 1 > /proc/sys/net/ipv6/conf/all/forwarding",
         );
 
-        ip(&spine, &format!("link add out0 type veth peer name eth0 netns {out}"));
-        ip(&spine, &format!("addr add {OUT_SPINE4}/31 dev out0"));
-        ip(&spine, &format!("-6 addr add {OUT_SPINE6}/64 dev out0 nodad"));
-        ip(&spine, "link set out0 up");
-        ip(&out, &format!("addr add {OUT4}/32 dev lo"));
-        ip(&out, &format!("-6 addr add {OUT6}/128 dev lo"));
-        ip(&out, &format!("addr add {OUT_HOST4}/31 dev eth0"));
-        ip(&out, &format!("-6 addr add {OUT_HOST6}/64 dev eth0 nodad"));
-        ip(&out, "link set eth0 up");
-        ip(&out, &format!("route add default via {OUT_SPINE4} dev eth0"));
-        ip(&out, &format!("-6 route add default via {OUT_SPINE6} dev eth0"));
+        let (spine_if, out_if) = (&host.spine_iface, &host.iface);
+        ip(&spine, &format!("link add {spine_if} type veth peer name {out_if} netns {out}"));
+        add_addrs(&spine, spine_if, &host.spine_addrs);
+        ip(&spine, &format!("link set {spine_if} up"));
+        add_addrs(&out, "lo", &host.loopback);
+        add_addrs(&out, out_if, &host.addrs);
+        ip(&out, &format!("link set {out_if} up"));
+        for r in &host.routes {
+            ip(&out, &format!("route add {r}"));
+        }
         // The spine's extra prefixes are real: they lead to the outside host.
-        ip(&spine, &format!("route add {EXTRA4} via {OUT_HOST4} dev out0"));
-        ip(&spine, &format!("-6 route add {EXTRA6} via {OUT_HOST6} dev out0"));
+        for r in &sp.routes {
+            ip(&spine, &format!("route add {r}"));
+        }
 
         for (i, spec) in specs.iter().enumerate() {
             let n = u8::try_from(i + 1).expect("few hypervisors");
-            let hv = f.add_hv(n, spec.clone(), &ps_prefix);
+            let hv = f.add_hv(n, spec.clone(), &ps_prefix, &facts.hypervisors[i]);
             f.hvs.push(hv);
         }
 
@@ -694,27 +732,31 @@ impl Fabric {
         sf.start();
         sf.boot();
         let rc = sf.running_config();
-        assert!(rc.contains(&format!("router bgp {SPINE_ASN}")), "the spine's config did not load:\n{rc}");
+        assert!(rc.contains(&format!("router bgp {}", sp.asn)), "the spine's config did not load:\n{rc}");
         f
     }
 
-    fn add_hv(&mut self, n: u8, spec: HvSpec, ps_prefix: &str) -> Hv {
-        let ns = format!("{}-hv{n}", self.prefix);
+    fn add_hv(&mut self, n: u8, spec: HvSpec, ps_prefix: &str, node: &Hypervisor) -> Hv {
+        let ns = format!("{}-{}", self.prefix, node.name);
         add_netns(&mut self.namespaces, &ns, true);
-        let spine_if = format!("hv{n}");
-        ip(&self.spine, &format!("link add {spine_if} type veth peer name {HV_UPLINK} netns {ns}"));
+        let (spine_if, uplink) = (node.spine_iface.clone(), node.uplink.clone());
+        ip(&self.spine, &format!("link add {spine_if} type veth peer name {uplink} netns {ns}"));
         let (peer, spine_peer) = match spec.peering {
-            Peering::Unnumbered => (HV_UPLINK.to_string(), spine_if.clone()),
+            Peering::Unnumbered => (uplink.clone(), spine_if.clone()),
             Peering::Numbered => {
-                ip(&self.spine, &format!("addr add 10.255.{n}.0/31 dev {spine_if}"));
-                ip(&self.spine, &format!("-6 addr add 2001:db8:fffe:{n}::1/64 dev {spine_if} nodad"));
-                ip(&ns, &format!("addr add 10.255.{n}.1/31 dev {HV_UPLINK}"));
-                ip(&ns, &format!("-6 addr add 2001:db8:fffe:{n}::2/64 dev {HV_UPLINK} nodad"));
-                (format!("10.255.{n}.0"), format!("10.255.{n}.1"))
+                let (Some(theirs), Some(ours)) = (node.spine_link4(), node.link4()) else {
+                    panic!(
+                        "{FABRIC_TOPOLOGY}: {} has no IPv4 uplink addresses for numbered peering",
+                        node.name
+                    )
+                };
+                add_addrs(&self.spine, &spine_if, &node.spine_addrs);
+                add_addrs(&ns, &uplink, &node.uplink_addrs);
+                (theirs.to_string(), ours.to_string())
             }
         };
         ip(&self.spine, &format!("link set {spine_if} up"));
-        ip(&ns, &format!("link set {HV_UPLINK} up"));
+        ip(&ns, &format!("link set {uplink} up"));
 
         let hdir = self.dir.path().join(format!("hv{n}"));
         let state = hdir.join("state");
@@ -725,7 +767,8 @@ impl Fabric {
         let frr = Frr::create(&ns, &format!("{ps_prefix}h{n}"), "");
         let hv = Hv {
             n,
-            asn: SPINE_ASN + u32::from(n),
+            asn: node.asn,
+            node: node.clone(),
             cfg: hdir.join("hvroute.toml"),
             socket: hdir.join("hvroute.sock"),
             log: hdir.join("daemon.log"),
@@ -909,6 +952,7 @@ impl Drop for Fabric {
 /// a hypervisor's FRR restart really withdraws its prefixes and the tests see them come
 /// back, instead of stale copies kept for 120 s).
 fn spine_conf(hvs: &[Hv]) -> String {
+    let sp = &fabric_facts().spine;
     let mut c = String::from("frr defaults datacenter\n!\n");
     for hv in hvs.iter().filter(|h| h.spec.peering == Peering::Unnumbered) {
         // Router advertisements every second: the hypervisor learns the spine's
@@ -916,8 +960,9 @@ fn spine_conf(hvs: &[Hv]) -> String {
         c.push_str(&format!("interface {}\n ipv6 nd ra-interval 1\nexit\n!\n", hv.spine_if));
     }
     c.push_str(&format!(
-        "router bgp {SPINE_ASN}\n bgp router-id 10.255.255.254\n no bgp ebgp-requires-policy\n \
-         no bgp default ipv4-unicast\n bgp graceful-restart-disable\n"
+        "router bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n \
+         no bgp default ipv4-unicast\n bgp graceful-restart-disable\n",
+        sp.asn, sp.router_id
     ));
     for hv in hvs {
         let p = &hv.spine_peer;
@@ -930,7 +975,7 @@ fn spine_conf(hvs: &[Hv]) -> String {
             c.push_str(&format!(" neighbor {p} password {pw}\n"));
         }
     }
-    for (afi, extra) in [("ipv4", EXTRA4), ("ipv6", EXTRA6)] {
+    for (afi, extra) in [("ipv4", sp.extra4), ("ipv6", sp.extra6)] {
         c.push_str(&format!(" !\n address-family {afi} unicast\n  network {extra}\n"));
         for hv in hvs {
             c.push_str(&format!(
@@ -969,7 +1014,6 @@ pub fn fib_bgp(ns: &str) -> BTreeMap<String, Value> {
 impl Hv {
     fn write_config(&self, boot_id: &Path) {
         let s = &self.spec;
-        let n = self.n;
         let mut pools = String::new();
         if s.v4 {
             pools.push_str(&format!("ipv4 = [\"{POOL4}\"]\n"));
@@ -983,7 +1027,7 @@ impl Hv {
             String::new()
         };
         let peer = match s.peering {
-            Peering::Unnumbered => format!("interface = \"{HV_UPLINK}\""),
+            Peering::Unnumbered => format!("interface = \"{}\"", self.node.uplink),
             Peering::Numbered => format!("address = \"{}\"", self.peer),
         };
         let text = format!(
@@ -1002,7 +1046,7 @@ mtu = 1500
 {pools}
 [bgp]
 asn = {asn}
-router_id = "10.255.{n}.1"
+router_id = "{router_id}"
 {lo}
 [[bgp.peer]]
 {peer}
@@ -1018,6 +1062,7 @@ pathspace = "{ps}"
             resync = s.resync_s,
             boot_id = boot_id.display(),
             asn = self.asn,
+            router_id = self.node.router_id,
             ps = self.frr.ps,
         );
         fs::write(&self.cfg, text).expect("config file");
@@ -1310,4 +1355,95 @@ pub fn control_request(socket: &Path, line: &str, timeout: Duration) -> Option<V
     let mut answer = String::new();
     BufReader::new(s).read_line(&mut answer).ok()?;
     serde_json::from_str(answer.trim()).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the kernel holds, to compare with a topology file.
+
+fn ip_json(args: &[&str]) -> Vec<Value> {
+    let o = run("ip", args);
+    assert!(o.status.success(), "ip {args:?} failed: {}", show(&o));
+    let text = stdout(&o);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str::<Value>(&text)
+        .unwrap_or_else(|e| panic!("ip {args:?} did not print JSON ({e}): {text}"))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One end of a veth as `ip -d link` shows it.
+struct Veth {
+    name: String,
+    /// The namespace of the other end.
+    peer_ns: String,
+    /// The other end's ifindex there or, when it is in the same namespace, its name.
+    peer: Result<u64, String>,
+}
+
+/// The nodes and veths that exist now under namespace prefix PREFIX: every namespace whose
+/// name starts with PREFIX (the node is the rest of the name), and every veth in them as an
+/// unordered pair of `node:interface` endpoints, found from each end's peer (`link_netnsid`
+/// and `link_index`). A veth whose other end is in a namespace without PREFIX shows up with
+/// that namespace's name in angle brackets as its node, so it counts as a link the file does
+/// not have.
+pub fn observed_topology(
+    prefix: &str,
+) -> (BTreeSet<String>, BTreeSet<(topology::Endpoint, topology::Endpoint)>) {
+    let namespaces: Vec<String> = ip_json(&["-j", "netns", "list"])
+        .iter()
+        .filter_map(|n| n.get("name").and_then(Value::as_str).map(str::to_string))
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    let node_of = |ns: &str| match ns.strip_prefix(prefix) {
+        Some(node) => node.to_string(),
+        None => format!("<{ns}>"),
+    };
+    // Per namespace: ifindex -> its veth.
+    let mut veths: BTreeMap<String, BTreeMap<u64, Veth>> = BTreeMap::new();
+    for ns in &namespaces {
+        let ids: BTreeMap<u64, String> = ip_json(&["-n", ns, "-j", "netns", "list-id"])
+            .iter()
+            .filter_map(|v| Some((v.get("nsid")?.as_u64()?, v.get("name")?.as_str()?.to_string())))
+            .collect();
+        let mut m = BTreeMap::new();
+        for l in ip_json(&["-n", ns, "-j", "-d", "link", "show", "type", "veth"]) {
+            let (Some(name), Some(index)) =
+                (l.get("ifname").and_then(Value::as_str), l.get("ifindex").and_then(Value::as_u64))
+            else {
+                continue;
+            };
+            // `ip` gives the peer's index when it is in another namespace, its name when not.
+            let peer_index =
+                match (l.get("link_index").and_then(Value::as_u64), l.get("link").and_then(Value::as_str)) {
+                    (Some(i), _) => Ok(i),
+                    (None, Some(peer)) => Err(peer.to_string()),
+                    (None, None) => Err("?".to_string()),
+                };
+            let peer_ns = match l.get("link_netnsid").and_then(Value::as_u64) {
+                None => ns.clone(),
+                Some(id) => ids.get(&id).cloned().unwrap_or_else(|| format!("nsid {id}")),
+            };
+            m.insert(index, Veth { name: name.to_string(), peer_ns, peer: peer_index });
+        }
+        veths.insert(ns.clone(), m);
+    }
+    let mut links = BTreeSet::new();
+    for (ns, m) in &veths {
+        for Veth { name, peer_ns, peer } in m.values() {
+            let a = topology::Endpoint { node: node_of(ns), iface: name.clone() };
+            let peer_name = match peer {
+                Err(same_ns_name) => same_ns_name.clone(),
+                Ok(i) => veths
+                    .get(peer_ns)
+                    .and_then(|pm| pm.get(i))
+                    .map_or_else(|| format!("ifindex {i}"), |p| p.name.clone()),
+            };
+            let b = topology::Endpoint { node: node_of(peer_ns), iface: peer_name };
+            links.insert(if a <= b { (a, b) } else { (b, a) });
+        }
+    }
+    (namespaces.iter().map(|n| node_of(n)).collect(), links)
 }

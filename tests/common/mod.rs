@@ -667,6 +667,7 @@ pub mod fabric;
 pub mod frr;
 pub mod hook;
 pub mod libvirt;
+pub mod topology;
 
 /// Configures a VM namespace's `eth0` exactly as its ConfigDrive configures a guest: its
 /// MAC, no router advertisements, the /32 and /128, default via 169.254.0.1 on-link and
