@@ -283,6 +283,8 @@ fn log_format_json_gives_one_object_per_line() {
     let o = env.run(&["--log-format", "yaml", "vm", "list"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("'yaml'"), "{}", stderr(&o));
+}
+
 /// Prevents: the example config the Debian package installs as /etc/hvroute/hvroute.toml
 /// going stale (a renamed or removed key makes every command exit 2 on a fresh install),
 /// or shipping with the hook switched on; and completions or manual pages that do not
