@@ -1036,7 +1036,7 @@ impl Repeats {
             warn!(problem = %p, "problem appeared; retried at every pass, logged again when it clears");
         }
         for p in &gone {
-            info!(problem = %p, "cleared");
+            info!(problem = %p, "problem cleared");
         }
         let counts = (new.len(), gone.len());
         self.current = now;

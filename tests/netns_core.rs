@@ -544,3 +544,68 @@ fn daemon_restart_keeps_traffic_flowing() {
     }
     lab.assert_daemon_running();
 }
+
+/// The daemon's log lines under `--log-format json`: every line an object.
+fn json_log(lab: &Lab) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(&lab.log).expect("daemon log");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l:?}")))
+        .collect()
+}
+
+fn lines_saying(log: &[serde_json::Value], what: &str) -> usize {
+    log.iter().filter(|v| v.to_string().contains(what)).count()
+}
+
+/// Prevents: a journal flooded by the daemon. A hypervisor's log must say each change that
+/// matters once, in a form a collector parses (`--log-format json`): a VM routed is a
+/// line, a pass that changes nothing is none, and a problem that lasts (here a state file
+/// that does not parse) is one line when it appears and one when it clears, however many
+/// passes retry it.
+#[test]
+fn daemon_logs_json_one_line_per_change_and_never_floods() {
+    let mut lab = Lab::new("logs");
+    lab.start_daemon(&["--log-format", "json"]);
+    let vm = lab.vm(1, Some(VM1_4), Some(VM1_6));
+    lab.attach(&vm);
+    lab.vm_add(&vm);
+    lab.wait_until(REPAIR_BOUND, "vm1 routed", || lab.vm_routed(&vm));
+    lab.daemon_pass();
+    let log = json_log(&lab);
+    assert!(log.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()), "{log:?}");
+    assert!(
+        lines_saying(&log, "applied quick additions") + lines_saying(&log, "applied plan") >= 1,
+        "vm1's routes are logged as a change: {log:#?}"
+    );
+
+    // Nothing changes: twenty passes, not one line.
+    let before = json_log(&lab).len();
+    for _ in 0..20 {
+        lab.daemon_pass();
+    }
+    let log = json_log(&lab);
+    assert_eq!(log.len(), before, "passes that change nothing logged: {:#?}", &log[before..]);
+
+    // A lasting problem: one line when it appears, none while it stays, one when it clears.
+    let broken = lab.dir.path().join("state").join("broken.json");
+    std::fs::write(&broken, b"{\"version\":1,").expect("broken state file");
+    let socket = lab.socket.clone();
+    wait_until(REPAIR_BOUND, "the broken state file to be reported", || {
+        control_reconcile(&socket, REPAIR_BOUND);
+        lines_saying(&json_log(&lab), "broken.json") >= 1
+    });
+    for _ in 0..20 {
+        lab.daemon_pass();
+    }
+    let log = json_log(&lab);
+    assert_eq!(lines_saying(&log, "broken.json"), 1, "the problem is logged once: {log:#?}");
+    assert_eq!(lines_saying(&log, "\"level\":\"WARN\""), 1, "{log:#?}");
+    std::fs::remove_file(&broken).expect("remove the broken file");
+    wait_until(REPAIR_BOUND, "the problem to clear", || {
+        control_reconcile(&socket, REPAIR_BOUND);
+        lines_saying(&json_log(&lab), "cleared") == 1
+    });
+    let log = json_log(&lab);
+    assert_eq!(lines_saying(&log, "broken.json"), 2, "appeared and cleared: {log:#?}");
+    assert!(lab.vm_routed(&vm), "vm1's routes stay throughout\n{}", lab.diagnostics());
+}
