@@ -358,22 +358,18 @@ impl Metrics {
 /// The drift repairs among a pass's ops: ops on an address whose desired MAC is the same
 /// as in the previous pass's desired state, and the other ops (bridge, guards) when the
 /// desired state did not change at all. The first pass repairs nothing: it starts.
-pub fn repairs(
+pub fn repairs<'a>(
     prev: Option<&crate::plan::Desired>,
     now: &crate::plan::Desired,
-    ops: &[crate::plan::Op],
+    ops: impl IntoIterator<Item = &'a crate::plan::Op>,
 ) -> BTreeMap<&'static str, u64> {
-    use crate::plan::Op;
     let mut out = BTreeMap::new();
     let Some(prev) = prev else { return out };
-    let same_all = prev == now;
+    let same_all = std::ptr::eq(prev, now) || prev == now;
     for op in ops {
-        let repair = match op {
-            Op::ReplaceRoute { addr }
-            | Op::ReplaceNeigh { addr, .. }
-            | Op::DelRoute { addr, .. }
-            | Op::DelNeigh { addr, .. } => prev.addrs.get(addr) == now.addrs.get(addr),
-            _ => same_all,
+        let repair = match op.addr() {
+            Some(addr) => prev.addrs.get(&addr) == now.addrs.get(&addr),
+            None => same_all,
         };
         if repair {
             *out.entry(op.kind()).or_default() += 1;

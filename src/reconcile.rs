@@ -84,7 +84,7 @@ impl Programmed {
         }
         let mut neighbours: std::collections::BTreeSet<_> =
             o.neighs.keys().filter(|(_, i)| Some(*i) == br).map(|(a, _)| *a).collect();
-        for op in p.ops.iter().filter(|op| !errors.iter().any(|e| e.op == **op)) {
+        for op in applied(&p.ops, errors) {
             match op {
                 Op::ReplaceRoute { addr } => {
                     routes.entry(*addr).or_insert(1);
@@ -108,6 +108,15 @@ impl Programmed {
         }
         Programmed { routes: routes.into_keys().collect(), neighbours }
     }
+}
+
+/// The ops of a plan that did not fail. An op counts as failed when one of the same kind
+/// and address failed (for ops without an address: of the same kind), so that this stays
+/// linear when thousands of ops fail at once.
+pub fn applied<'a>(ops: &'a [plan::Op], errors: &[OpError]) -> impl Iterator<Item = &'a plan::Op> {
+    let failed: std::collections::BTreeSet<(&str, Option<std::net::IpAddr>)> =
+        errors.iter().map(|e| (e.op.kind(), e.op.addr())).collect();
+    ops.iter().filter(move |op| failed.is_empty() || !failed.contains(&(op.kind(), op.addr())))
 }
 
 fn errors_as_strings<S: serde::Serializer>(e: &[OpError], s: S) -> Result<S::Ok, S::Error> {
