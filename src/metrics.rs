@@ -10,7 +10,7 @@
 //!   the address and stops the daemon with exit 1) and answers `GET /metrics` in the
 //!   Prometheus text format 0.0.4, which Debian 12's `promtool check metrics` reads (it
 //!   does not read OpenMetrics' `_total` counters; measured).
-//! - Label sets are bounded: families (2), op kinds (7), hook ops (9) by results (3), BGP
+//! - Label sets are bounded: families (2), op kinds (7), hook ops (8) by results (3), BGP
 //!   peers, and one series per VM for guard drops, removed when the VM goes away.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,9 +35,10 @@ fn duration_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")
 }
 
-/// The hook's ops as labels; anything else is `other`.
-pub const HOOK_OPS: [&str; 9] =
-    ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "other"];
+/// The hook's ops as labels (`start` has nothing to do and is not reported); anything
+/// else is `other`.
+pub const HOOK_OPS: [&str; 8] =
+    ["prepare", "started", "stopped", "release", "migrate", "restore", "reconnect", "other"];
 /// The hook's outcomes: `ok`, `refused` (exit 2: invalid or conflicting input), `failed`
 /// (a runtime failure, also when the op had to exit 0 regardless).
 pub const HOOK_RESULTS: [&str; 3] = ["ok", "refused", "failed"];
