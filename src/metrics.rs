@@ -318,10 +318,17 @@ impl Metrics {
         ] {
             self.guard_drops.with_label_values(&[reason]).inc_by(delta(name));
         }
+        // A VM has a series while one of its NICs has guard rules (a counter in nft): a VM
+        // with no port on the bridge yet has nothing to count, and costs no memory here.
         let vms = self.vm_macs.lock().expect("not poisoned").clone();
         for (vm, macs) in vms.iter() {
-            let d: u64 = macs.iter().map(|m| delta(&crate::guard::NicRules::counter_name(m))).sum();
-            self.vm_drops.with_label_values(&[vm]).inc_by(d);
+            let names: Vec<String> = macs.iter().map(crate::guard::NicRules::counter_name).collect();
+            if names.iter().any(|n| now.contains_key(n)) {
+                let d: u64 = names.iter().map(|n| delta(n)).sum();
+                self.vm_drops.with_label_values(&[vm]).inc_by(d);
+            } else {
+                let _ = self.vm_drops.remove_label_values(&[vm]);
+            }
         }
         *last = now.clone();
     }
@@ -478,7 +485,7 @@ mod tests {
         let m = Metrics::new();
         m.take_peers(Some(&[peer()]));
         m.set_vms([("web1".to_string(), vec![mac("52:54:00:00:00:01")])].into());
-        m.take_drops(&BTreeMap::new());
+        m.take_drops(&[("drop-525400000001".to_string(), 0)].into());
         let text = m.render();
         let meta: String = text.lines().filter(|l| l.starts_with("# ")).map(|l| format!("{l}\n")).collect();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics.txt");
@@ -547,12 +554,18 @@ mod tests {
         let reading = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
             pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         };
-        m.take_drops(&reading(&[("drop-525400000001", 5), (crate::guard::HOST_COUNTER, 2)]));
-        m.take_drops(&reading(&[("drop-525400000001", 7), (crate::guard::HOST_COUNTER, 3)]));
-        m.take_drops(&reading(&[("drop-525400000001", 1), (crate::guard::HOST_COUNTER, 3)]));
+        let both = |a: u64, b: u64, host: u64| {
+            reading(&[("drop-525400000001", a), ("drop-525400000002", b), (crate::guard::HOST_COUNTER, host)])
+        };
+        m.take_drops(&both(5, 0, 2));
+        m.take_drops(&both(7, 0, 3));
+        m.take_drops(&both(1, 0, 3));
         let t = m.render();
         assert!(t.contains("hvroute_guard_vm_dropped_packets_total{vm=\"web1\"} 8\n"), "{t}");
         assert!(t.contains("hvroute_guard_vm_dropped_packets_total{vm=\"web2\"} 0\n"), "{t}");
+        // A VM whose NIC has no guard rules (no port yet) has no series.
+        m.take_drops(&reading(&[("drop-525400000001", 1)]));
+        assert!(!m.render().contains("vm=\"web2\""));
         assert!(t.contains("hvroute_guard_dropped_packets_total{reason=\"to_host\"} 3\n"), "{t}");
         m.set_vms([("web1".to_string(), vec![a])].into());
         assert!(!m.render().contains("vm=\"web2\""));
@@ -595,8 +608,14 @@ mod tests {
                     (format!("i-2-{i}-VM"), vec![Mac([0x52, 0x54, b[0], b[1], b[2], b[3]])])
                 })
                 .collect();
+            let counters: BTreeMap<String, u64> = (0..n)
+                .map(|i| {
+                    let b = i.to_be_bytes();
+                    (crate::guard::NicRules::counter_name(&Mac([0x52, 0x54, b[0], b[1], b[2], b[3]])), 1)
+                })
+                .collect();
             m.set_vms(vms);
-            m.take_drops(&BTreeMap::new());
+            m.take_drops(&counters);
             let t = std::time::Instant::now();
             let rounds = 20;
             let mut bytes = 0;
@@ -605,7 +624,7 @@ mod tests {
             }
             let per = t.elapsed().as_secs_f64() * 1e3 / f64::from(rounds);
             let t = std::time::Instant::now();
-            m.take_drops(&BTreeMap::new());
+            m.take_drops(&counters);
             let poll = t.elapsed().as_secs_f64() * 1e3;
             println!("{n} VMs: render {per:.2} ms, {bytes} bytes; one guard-counter update {poll:.2} ms");
         }
