@@ -23,7 +23,8 @@ Builds hvroute (release) and measures, in throw-away network namespaces that sen
   2. per-object cost by family: the same three methods for the 762 IPv4 /32s of the three
      documentation /24s, against 762 IPv6 /128s (one address per VM).
   3. no-op resync: `hvroute reconcile --json` in the converged namespace (--noop-runs times),
-     then `hvroute daemon` there and --passes passes asked for over the control socket.
+     then `hvroute daemon` there and --passes passes asked for over the control socket, and
+     20 scrapes of its metrics (`curl` of /metrics; the median is printed, not in the report).
   4. daemon memory: VmRSS and VmHWM after the first pass, after the passes, after
      --soak-passes more, and for a daemon that converges an empty namespace itself. Also how
      often an idle daemon runs a pass (it should not run any).
@@ -111,7 +112,7 @@ readonly settle_s=1            # after deleting a namespace, let the kernel free
 readonly doc_file="docs/benchmarks.md"
 
 need_root
-ensure_packages time nftables
+ensure_packages time nftables curl
 ensure_cargo
 cd "$repo_root"
 if [[ -n "$write" ]] && ! grep -q '^<!-- bench-core:begin -->$' "$doc_file" 2>/dev/null; then
@@ -743,6 +744,15 @@ log "asking for $passes passes over the control socket"
 python3 "$py" drive "$results" "$sock" "$passes" | sed "s/^/$log_prefix: /"
 python3 "$py" mem "$results" "$daemon_pid" after_passes | sed "s/^/$log_prefix: /"
 python3 "$py" daemon_observe "$results" "$work/daemon.log" "$passes" | sed "s/^/$log_prefix: /"
+# A Prometheus scrape of this daemon (docs/metrics.md): 20 GETs of /metrics at its default
+# listen address, the median wall time as curl sees it. Printed here, not in the report.
+scrapes=()
+for ((i = 0; i < 20; i++)); do
+    scrapes+=("$(ip netns exec "$ns" curl -sS --fail --max-time 10 -o /dev/null \
+        -w '%{time_total} %{size_download}' http://127.0.0.1:9478/metrics)") || die "scraping /metrics failed."
+done
+printf '%s\n' "${scrapes[@]}" | sort -n | awk -v p="$log_prefix" \
+    'NR == 10 { printf "%s: a scrape of /metrics at %s VMs: %.1f ms median of 20, %d bytes\n", p, vms, $1 * 1000, $2 }' vms="$vms"
 if ((soak_passes > 0)); then
     log "$soak_passes more passes, for the daemon's steady-state memory"
     python3 "$py" drive "$results" "$sock" "$soak_passes" soak | sed "s/^/$log_prefix: /"

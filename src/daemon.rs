@@ -572,12 +572,12 @@ impl<K: Kernel> Daemon<K> {
         }
         use crate::metrics::Metrics;
         Metrics::set_by_family(&m.prefixes_desired, d.addrs.keys());
-        Metrics::set_by_family(&m.routes, &out.programmed.routes);
-        Metrics::set_by_family(&m.neighbours, &out.programmed.neighbours);
-        let failed: Vec<&crate::plan::Op> = out.errors.iter().map(|e| &e.op).collect();
-        let applied: Vec<crate::plan::Op> =
-            out.plan.ops.iter().filter(|op| !failed.contains(op)).cloned().collect();
-        for (kind, n) in crate::metrics::repairs(self.last_desired.as_deref(), d, &applied) {
+        for (g, n) in [(&m.routes, out.programmed.routes), (&m.neighbours, out.programmed.neighbours)] {
+            g.with_label_values(&["ipv4"]).set(n[0]);
+            g.with_label_values(&["ipv6"]).set(n[1]);
+        }
+        let applied = reconcile::applied(&out.plan.ops, &out.errors);
+        for (kind, n) in crate::metrics::repairs(self.last_desired.as_deref(), d, applied) {
             m.repairs.with_label_values(&[kind]).inc_by(n);
         }
         // The VMs whose guard drops are exported, when the desired state changed.

@@ -10,7 +10,7 @@
 //!   the address and stops the daemon with exit 1) and answers `GET /metrics` in the
 //!   Prometheus text format 0.0.4, which Debian 12's `promtool check metrics` reads (it
 //!   does not read OpenMetrics' `_total` counters; measured).
-//! - Label sets are bounded: families (2), op kinds (7), hook ops (9) by results (3), BGP
+//! - Label sets are bounded: families (2), op kinds (7), hook ops (8) by results (3), BGP
 //!   peers, and one series per VM for guard drops, removed when the VM goes away.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,9 +35,10 @@ fn duration_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets")
 }
 
-/// The hook's ops as labels; anything else is `other`.
-pub const HOOK_OPS: [&str; 9] =
-    ["prepare", "start", "started", "stopped", "release", "migrate", "restore", "reconnect", "other"];
+/// The hook's ops as labels (`start` has nothing to do and is not reported); anything
+/// else is `other`.
+pub const HOOK_OPS: [&str; 8] =
+    ["prepare", "started", "stopped", "release", "migrate", "restore", "reconnect", "other"];
 /// The hook's outcomes: `ok`, `refused` (exit 2: invalid or conflicting input), `failed`
 /// (a runtime failure, also when the op had to exit 0 regardless).
 pub const HOOK_RESULTS: [&str; 3] = ["ok", "refused", "failed"];
@@ -317,10 +318,17 @@ impl Metrics {
         ] {
             self.guard_drops.with_label_values(&[reason]).inc_by(delta(name));
         }
+        // A VM has a series while one of its NICs has guard rules (a counter in nft): a VM
+        // with no port on the bridge yet has nothing to count, and costs no memory here.
         let vms = self.vm_macs.lock().expect("not poisoned").clone();
         for (vm, macs) in vms.iter() {
-            let d: u64 = macs.iter().map(|m| delta(&crate::guard::NicRules::counter_name(m))).sum();
-            self.vm_drops.with_label_values(&[vm]).inc_by(d);
+            let names: Vec<String> = macs.iter().map(crate::guard::NicRules::counter_name).collect();
+            if names.iter().any(|n| now.contains_key(n)) {
+                let d: u64 = names.iter().map(|n| delta(n)).sum();
+                self.vm_drops.with_label_values(&[vm]).inc_by(d);
+            } else {
+                let _ = self.vm_drops.remove_label_values(&[vm]);
+            }
         }
         *last = now.clone();
     }
@@ -358,22 +366,18 @@ impl Metrics {
 /// The drift repairs among a pass's ops: ops on an address whose desired MAC is the same
 /// as in the previous pass's desired state, and the other ops (bridge, guards) when the
 /// desired state did not change at all. The first pass repairs nothing: it starts.
-pub fn repairs(
+pub fn repairs<'a>(
     prev: Option<&crate::plan::Desired>,
     now: &crate::plan::Desired,
-    ops: &[crate::plan::Op],
+    ops: impl IntoIterator<Item = &'a crate::plan::Op>,
 ) -> BTreeMap<&'static str, u64> {
-    use crate::plan::Op;
     let mut out = BTreeMap::new();
     let Some(prev) = prev else { return out };
-    let same_all = prev == now;
+    let same_all = std::ptr::eq(prev, now) || prev == now;
     for op in ops {
-        let repair = match op {
-            Op::ReplaceRoute { addr }
-            | Op::ReplaceNeigh { addr, .. }
-            | Op::DelRoute { addr, .. }
-            | Op::DelNeigh { addr, .. } => prev.addrs.get(addr) == now.addrs.get(addr),
-            _ => same_all,
+        let repair = match op.addr() {
+            Some(addr) => prev.addrs.get(&addr) == now.addrs.get(&addr),
+            None => same_all,
         };
         if repair {
             *out.entry(op.kind()).or_default() += 1;
@@ -481,7 +485,7 @@ mod tests {
         let m = Metrics::new();
         m.take_peers(Some(&[peer()]));
         m.set_vms([("web1".to_string(), vec![mac("52:54:00:00:00:01")])].into());
-        m.take_drops(&BTreeMap::new());
+        m.take_drops(&[("drop-525400000001".to_string(), 0)].into());
         let text = m.render();
         let meta: String = text.lines().filter(|l| l.starts_with("# ")).map(|l| format!("{l}\n")).collect();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics.txt");
@@ -550,12 +554,18 @@ mod tests {
         let reading = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
             pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         };
-        m.take_drops(&reading(&[("drop-525400000001", 5), (crate::guard::HOST_COUNTER, 2)]));
-        m.take_drops(&reading(&[("drop-525400000001", 7), (crate::guard::HOST_COUNTER, 3)]));
-        m.take_drops(&reading(&[("drop-525400000001", 1), (crate::guard::HOST_COUNTER, 3)]));
+        let both = |a: u64, b: u64, host: u64| {
+            reading(&[("drop-525400000001", a), ("drop-525400000002", b), (crate::guard::HOST_COUNTER, host)])
+        };
+        m.take_drops(&both(5, 0, 2));
+        m.take_drops(&both(7, 0, 3));
+        m.take_drops(&both(1, 0, 3));
         let t = m.render();
         assert!(t.contains("hvroute_guard_vm_dropped_packets_total{vm=\"web1\"} 8\n"), "{t}");
         assert!(t.contains("hvroute_guard_vm_dropped_packets_total{vm=\"web2\"} 0\n"), "{t}");
+        // A VM whose NIC has no guard rules (no port yet) has no series.
+        m.take_drops(&reading(&[("drop-525400000001", 1)]));
+        assert!(!m.render().contains("vm=\"web2\""));
         assert!(t.contains("hvroute_guard_dropped_packets_total{reason=\"to_host\"} 3\n"), "{t}");
         m.set_vms([("web1".to_string(), vec![a])].into());
         assert!(!m.render().contains("vm=\"web2\""));
@@ -598,8 +608,14 @@ mod tests {
                     (format!("i-2-{i}-VM"), vec![Mac([0x52, 0x54, b[0], b[1], b[2], b[3]])])
                 })
                 .collect();
+            let counters: BTreeMap<String, u64> = (0..n)
+                .map(|i| {
+                    let b = i.to_be_bytes();
+                    (crate::guard::NicRules::counter_name(&Mac([0x52, 0x54, b[0], b[1], b[2], b[3]])), 1)
+                })
+                .collect();
             m.set_vms(vms);
-            m.take_drops(&BTreeMap::new());
+            m.take_drops(&counters);
             let t = std::time::Instant::now();
             let rounds = 20;
             let mut bytes = 0;
@@ -608,7 +624,7 @@ mod tests {
             }
             let per = t.elapsed().as_secs_f64() * 1e3 / f64::from(rounds);
             let t = std::time::Instant::now();
-            m.take_drops(&BTreeMap::new());
+            m.take_drops(&counters);
             let poll = t.elapsed().as_secs_f64() * 1e3;
             println!("{n} VMs: render {per:.2} ms, {bytes} bytes; one guard-counter update {poll:.2} ms");
         }

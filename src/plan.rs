@@ -374,6 +374,17 @@ pub enum Op {
 }
 
 impl Op {
+    /// The address a route or neighbour op is about.
+    pub fn addr(&self) -> Option<IpAddr> {
+        match self {
+            Op::ReplaceRoute { addr }
+            | Op::ReplaceNeigh { addr, .. }
+            | Op::DelRoute { addr, .. }
+            | Op::DelNeigh { addr, .. } => Some(*addr),
+            _ => None,
+        }
+    }
+
     /// The kind, for counters and summaries.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -66,48 +66,56 @@ pub struct Outcome {
     pub desired: Option<Arc<Desired>>,
 }
 
-/// hvroute's routes and neighbours in the kernel: what the pass observed, changed by the
-/// ops that succeeded (the metrics' `hvroute_routes_programmed`, `..._neighbours_...`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// hvroute's routes and neighbours in the kernel, by family (IPv4, IPv6): what the pass
+/// observed, changed by the ops that succeeded (the metrics' `hvroute_routes_programmed`
+/// and `hvroute_neighbours_programmed`). Counted without copying the observation: at
+/// 10,000 VMs a pass already holds 40,000 observed objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Programmed {
-    pub routes: std::collections::BTreeSet<std::net::IpAddr>,
-    pub neighbours: std::collections::BTreeSet<std::net::IpAddr>,
+    pub routes: [i64; 2],
+    pub neighbours: [i64; 2],
 }
 
 impl Programmed {
     fn after(o: &plan::Observed, p: &Plan, errors: &[OpError]) -> Programmed {
-        use crate::plan::Op;
+        use crate::plan::{Op, RouteKey};
+        let fam = |a: &std::net::IpAddr| usize::from(a.is_ipv6());
         let br = o.bridge.as_ref().map(|b| b.ifindex);
-        let mut routes: std::collections::BTreeMap<std::net::IpAddr, usize> = Default::default();
+        let mut c = Programmed::default();
         for r in &o.routes {
-            *routes.entry(r.addr).or_default() += 1;
+            c.routes[fam(&r.addr)] += 1;
         }
-        let mut neighbours: std::collections::BTreeSet<_> =
-            o.neighs.keys().filter(|(_, i)| Some(*i) == br).map(|(a, _)| *a).collect();
-        for op in p.ops.iter().filter(|op| !errors.iter().any(|e| e.op == **op)) {
+        for (a, i) in o.neighs.keys() {
+            if Some(*i) == br {
+                c.neighbours[fam(a)] += 1;
+            }
+        }
+        let has_route = |a: std::net::IpAddr| {
+            let from = RouteKey { addr: a, metric: 0, ifindex: 0 };
+            o.routes.range(from..).next().is_some_and(|r| r.addr == a)
+        };
+        for op in applied(&p.ops, errors) {
             match op {
-                Op::ReplaceRoute { addr } => {
-                    routes.entry(*addr).or_insert(1);
+                Op::ReplaceRoute { addr } if !has_route(*addr) => c.routes[fam(addr)] += 1,
+                Op::DelRoute { addr, .. } => c.routes[fam(addr)] -= 1,
+                Op::ReplaceNeigh { addr, .. } if br.is_none_or(|b| !o.neighs.contains_key(&(*addr, b))) => {
+                    c.neighbours[fam(addr)] += 1
                 }
-                Op::DelRoute { addr, .. } => {
-                    if let Some(n) = routes.get_mut(addr) {
-                        *n -= 1;
-                        if *n == 0 {
-                            routes.remove(addr);
-                        }
-                    }
-                }
-                Op::ReplaceNeigh { addr, .. } => {
-                    neighbours.insert(*addr);
-                }
-                Op::DelNeigh { addr, ifindex } if Some(*ifindex) == br => {
-                    neighbours.remove(addr);
-                }
+                Op::DelNeigh { addr, ifindex } if Some(*ifindex) == br => c.neighbours[fam(addr)] -= 1,
                 _ => {}
             }
         }
-        Programmed { routes: routes.into_keys().collect(), neighbours }
+        c
     }
+}
+
+/// The ops of a plan that did not fail. An op counts as failed when one of the same kind
+/// and address failed (for ops without an address: of the same kind), so that this stays
+/// linear when thousands of ops fail at once.
+pub fn applied<'a>(ops: &'a [plan::Op], errors: &[OpError]) -> impl Iterator<Item = &'a plan::Op> {
+    let failed: std::collections::BTreeSet<(&str, Option<std::net::IpAddr>)> =
+        errors.iter().map(|e| (e.op.kind(), e.op.addr())).collect();
+    ops.iter().filter(move |op| failed.is_empty() || !failed.contains(&(op.kind(), op.addr())))
 }
 
 fn errors_as_strings<S: serde::Serializer>(e: &[OpError], s: S) -> Result<S::Ok, S::Error> {

@@ -173,8 +173,8 @@ fn metrics_follow_the_hypervisor() {
 
     // A VM that spoofs its source: its guard drops grow (read from nft every few seconds).
     let drops = format!("hvroute_guard_vm_dropped_packets_total{{vm=\"{}\"}}", vm1.name);
-    let d0 = scrape(hv).get(&drops);
-    assert!(d0.is_finite(), "no drop series for {}", vm1.name);
+    let d0 = wait_scrape(hv, POLLED_BOUND, "a drop series for the guarded VM", |s| s.get(&drops).is_finite())
+        .get(&drops);
     ip(&vm1.ns, "addr add 192.0.2.199/32 dev eth0");
     let _ = run(
         "ip",
