@@ -34,8 +34,15 @@ impl Scrape {
     }
 }
 
+/// `$HVROUTE_PROMTOOL`, else the copy `ensure_promtool` unpacked into the cache (so that a
+/// test run by hand after one scripts/test.sh finds it), else `promtool` on PATH.
 fn promtool() -> String {
-    std::env::var("HVROUTE_PROMTOOL").unwrap_or_else(|_| "promtool".to_string())
+    if let Ok(p) = std::env::var("HVROUTE_PROMTOOL") {
+        return p;
+    }
+    let cache = std::env::var("HVROUTE_CACHE").unwrap_or_else(|_| "/var/cache/hvroute-test".into());
+    let unpacked = format!("{cache}/promtool/usr/bin/promtool");
+    if std::path::Path::new(&unpacked).exists() { unpacked } else { "promtool".to_string() }
 }
 
 /// GET /metrics in the hypervisor's namespace; panics unless it answers 200 and promtool
