@@ -7,7 +7,8 @@
 //!   (`unshare --mount --propagation private`) binds over `/etc/libvirt`, `/run/libvirt`,
 //!   `/var/lib/libvirt`, `/var/cache/libvirt` and `/var/log/libvirt`. Nothing meets the
 //!   host's libvirt (if any), another test's, or the host's `/etc`. virsh reaches this one
-//!   at `qemu+unix:///system?socket=DIR/run/libvirt-sock`.
+//!   at `qemu+unix:///system?socket=DIR/run/libvirt-sock`. The daemons' pid files are
+//!   `DIR/run/{virtlogd,libvirtd}.pid`, not the machine-wide `/run/*.pid`.
 //! - The daemons run in the foreground as this process's children (the `sh` that binds
 //!   the directories execs them), so their PIDs are known. [`Libvirt::stop_libvirtd`] and
 //!   `Drop` signal only those PIDs and the QEMU PIDs from this libvirt's own pid files.
@@ -157,7 +158,11 @@ impl Libvirt {
         for (sub, system) in SYSTEM_DIRS {
             script.push_str(&format!("mount --bind '{}' '{system}'\n", self.dir.path().join(sub).display()));
         }
-        script.push_str(&format!("exec /usr/sbin/{daemon}\n"));
+        // Its own pid file too: the default (/run/DAEMON.pid) lies outside the bound
+        // directories and is locked by any other libvirt on the machine (the host's, or
+        // another test process's), which stops this one from starting.
+        let pid_file = self.dir.path().join(format!("run/{daemon}.pid"));
+        script.push_str(&format!("exec /usr/sbin/{daemon} --pid-file '{}'\n", pid_file.display()));
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
