@@ -16,7 +16,8 @@ toolchain on PATH; for the full run, cargo-deb for tests/slow_package.rs), then,
 repository:
   1. cargo fmt --check
   2. cargo clippy --all-targets -- -D warnings
-  3. the tests, with RUST_BACKTRACE=0 and -- --test-threads=2:
+  3. the tests, with RUST_BACKTRACE=0, --no-fail-fast (a failing test binary does not
+     stop the others, so one run shows every failure) and -- --test-threads=2:
        full (default)  cargo test                 everything: unit, doc and all tests/*.rs,
                                                   including the slow_* ones
        --quick         cargo test --lib --bins --test NAME...
@@ -162,9 +163,9 @@ if [[ -n "$quick" ]]; then
     if [[ ${#targs[@]} -eq 0 ]]; then
         die "cargo metadata lists no test targets."
     fi
-    run_step "cargo test (quick)" cargo_test "${targs[@]}" -- --test-threads=2
+    run_step "cargo test (quick)" cargo_test --no-fail-fast "${targs[@]}" -- --test-threads=2
 else
-    run_step "cargo test" cargo_test -- --test-threads=2
+    run_step "cargo test" cargo_test --no-fail-fast -- --test-threads=2
     run_step "fuzz" "$repo_root/scripts/fuzz.sh" 30
 fi
 
