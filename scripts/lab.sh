@@ -22,7 +22,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 readonly ns_prefix="${HVROUTE_LAB_PREFIX:-hvr-lab-}"
 readonly run_dir="${HVROUTE_LAB_RUN_DIR:-/run/hvroute-lab}"
 readonly topology_file="${HVROUTE_LAB_TOPOLOGY:-$repo_root/tests/topologies/lab.clab.yml}"
-readonly topology_bin="$repo_root/target/release/examples/lab-topology"
+readonly topology_bin="${HVROUTE_LAB_TOPOLOGY_BIN:-$repo_root/target/release/examples/lab-topology}"
 # The tables `up` read from the topology file, kept for `status`.
 readonly topology_saved="$run_dir/topology.sh"
 
@@ -224,6 +224,9 @@ hvroute.sock, daemon.pid, daemon.log; ${run_dir}/topology.sh: the tables 'up' re
 
 Environment:
   HVROUTE_BIN=PATH           use this hvroute binary and skip building it
+  HVROUTE_LAB_TOPOLOGY_BIN=PATH
+                             with HVROUTE_BIN: use this topology reader (examples/
+                             lab-topology.rs) too, and build nothing
   HVROUTE_LAB_PREFIX=NAME    namespace and FRR pathspace prefix (default hvr-lab-)
   HVROUTE_LAB_RUN_DIR=DIR    configs, logs, PIDs (default /run/hvroute-lab)
   HVROUTE_LAB_TOPOLOGY=FILE  another topology file of the same shape (default
@@ -1027,7 +1030,9 @@ cmd_up() {
         log "using HVROUTE_BIN=$hvroute_bin (hvroute is not built)"
         build=(cargo build --release --example lab-topology)
     fi
-    if [[ -z "${HVROUTE_BIN:-}" || ! -x "$topology_bin" ]]; then
+    if [[ -n "${HVROUTE_BIN:-}" && -n "${HVROUTE_LAB_TOPOLOGY_BIN:-}" ]]; then
+        log "using HVROUTE_LAB_TOPOLOGY_BIN=$topology_bin (nothing is built)"
+    elif [[ -z "${HVROUTE_BIN:-}" || ! -x "$topology_bin" ]]; then
         ensure_cargo
         log "${build[*]} (in $repo_root)"
         (cd "$repo_root" && "${build[@]}") || die "${build[*]} failed; nothing was set up."

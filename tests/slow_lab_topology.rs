@@ -1,9 +1,12 @@
 //! `scripts/lab.sh` builds the lab from `tests/topologies/lab.clab.yml` (issue 7, item 4):
 //! after `lab.sh up` the lab's namespaces and veths are exactly the file's nodes and links.
 //!
-//! Slow (about 40 s once the release build is there; `lab.sh up` runs `cargo build
-//! --release`, waits for BGP and pings every path), so only the full run has it. Needs root,
-//! FRR 8.x and cargo. Run: `cargo test --test slow_lab_topology -- --test-threads=2`.
+//! Slow (about 40 s: `lab.sh up` waits for BGP and pings every path), so only the full run
+//! has it. It hands lab.sh the binaries this test run built (`HVROUTE_BIN` and
+//! `HVROUTE_LAB_TOPOLOGY_BIN`, the debug `hvroute` and `examples/lab-topology`), which spares
+//! CI a release build of about 6 minutes from a clean clone; lab.sh's own build is the one
+//! an admin's `scripts/lab.sh up` runs. Needs root and FRR 8.x.
+//! Run: `cargo test --test slow_lab_topology -- --test-threads=2`.
 
 mod common;
 
@@ -16,6 +19,24 @@ use common::*;
 
 const LAB_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lab.sh");
 const LAB_TOPOLOGY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/topologies/lab.clab.yml");
+
+/// `examples/lab-topology` as a full `cargo test` built it, beside the binary in
+/// `examples/`; built here (debug, the dependencies are there already) when this test runs
+/// alone.
+fn topology_reader() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_hvroute"));
+    let reader = bin.parent().expect("the binary's directory").join("examples/lab-topology");
+    if !reader.exists() {
+        let o = Command::new(env!("CARGO"))
+            .args(["build", "--example", "lab-topology"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo");
+        assert!(o.status.success(), "cargo build --example lab-topology: {}", show(&o));
+    }
+    assert!(reader.exists(), "{} is missing", reader.display());
+    reader
+}
 
 /// A lab under its own namespace prefix and run directory, so that it never meets an admin's
 /// `hvr-lab-` lab; `lab.sh down` on drop, also when the test panics.
@@ -40,7 +61,8 @@ impl ScriptLab {
             .args([LAB_SH, cmd])
             .env("HVROUTE_LAB_PREFIX", &self.prefix)
             .env("HVROUTE_LAB_RUN_DIR", &self.run_dir)
-            .env_remove("HVROUTE_BIN")
+            .env("HVROUTE_BIN", env!("CARGO_BIN_EXE_hvroute"))
+            .env("HVROUTE_LAB_TOPOLOGY_BIN", topology_reader())
             .env_remove("HVROUTE_LAB_TOPOLOGY")
             .output()
             .expect("bash")
