@@ -115,11 +115,19 @@ rm -f "$root/var/lib/dbus/machine-id"
 cat >"$root/etc/cloud/cloud.cfg.d/90-hvroute-guest.cfg" <<'EOF'
 # hvroute's test guest (scripts/guest-image.sh): the drives hvroute builds, nothing else.
 datasource_list: [ConfigDrive, NoCloud]
+# The image has the size it needs, and no sshd (the drive's keys are still installed).
+growpart: {mode: "off"}
+resize_rootfs: false
+ssh_genkeytypes: []
+ssh_deletekeys: false
 EOF
-# A routed guest has no DHCP: nothing to wait for before network-online.target. The
-# timers only cost boot time in a throw-away guest.
+# A routed guest has no DHCP: nothing to wait for before network-online.target. Logins,
+# binfmt and the maintenance timers only cost boot time in a throw-away guest (under TCG
+# every unit counts).
 for unit in systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
-    e2scrub_all.timer fstrim.timer dpkg-db-backup.timer; do
+    e2scrub_all.timer e2scrub_reap.service fstrim.timer dpkg-db-backup.timer \
+    getty-static.service getty@tty1.service serial-getty@ttyS0.service systemd-binfmt.service \
+    systemd-pstore.service; do
     ln -sf /dev/null "$root/etc/systemd/system/$unit"
 done
 
@@ -136,6 +144,28 @@ kmods="$root/lib/modules/$kver/kernel"
 rm -rf "$kmods"/drivers/{gpu,media,infiniband,net/wireless,net/ethernet,staging,bluetooth,iio,hid,input/touchscreen} \
     "$kmods"/sound "$kmods"/net/{wireless,mac80211,bluetooth}
 chroot "$root" depmod "$kver" || die "depmod $kver in the guest root failed."
+
+# A small initramfs: what mounts a virtio root, and the IDE cdrom with its file system
+# (Debian's default takes most of the kernel's drivers, 36 MB that TCG unpacks and probes
+# at every boot). The cdrom must exist before the root is switched: cloud-init's
+# ds-identify looks for the drive's label from a systemd generator, before udev runs, and
+# disables cloud-init when it finds none.
+log "making a small initramfs (virtio root, IDE cdrom)"
+sed -i 's/^MODULES=.*/MODULES=list/' "$root/etc/initramfs-tools/initramfs.conf"
+printf '%s\n' virtio_pci virtio_blk ext4 crc32c_generic ata_piix sr_mod iso9660 vfat \
+    >>"$root/etc/initramfs-tools/modules"
+# Emulated legacy hardware whose drivers cost seconds each under TCG and serve nothing here.
+printf 'blacklist %s\n' floppy parport parport_pc ppdev pcspkr i2c_piix4 kvm kvm_amd kvm_intel \
+    powernow_k8 serio_raw >"$root/etc/modprobe.d/hvroute-guest.conf"
+printf 'RESUME=none\n' >"$root/etc/initramfs-tools/conf.d/resume"
+mount -t proc proc "$root/proc"
+chroot "$root" update-initramfs -u -k "$kver" >"$work/initramfs.log" 2>&1 ||
+    {
+        umount "$root/proc"
+        tail -n 20 "$work/initramfs.log" >&2
+        die "update-initramfs in the guest root failed (log above)."
+    }
+umount "$root/proc"
 
 vmlinuz="$root/boot/vmlinuz-$kver"
 initrd="$root/boot/initrd.img-$kver"
