@@ -98,7 +98,7 @@ mib() {
     b="$(fact "$1")"
     [[ "$b" =~ ^[0-9]+$ ]] && echo "$((b / 1048576)) MiB" || echo "?"
 }
-mapfile -t per_case < <(sed -n 's/^guest-boot: \([a-z0-9-]*\) create-to-ping \([0-9.]*\) .*/\1 \2/p' "$work/out")
+mapfile -t per_case < <(sed -n 's/^guest-boot: \([a-z0-9-]*\) create-to-ping \([0-9.]*\) (every .*/\1 \2/p' "$work/out")
 [[ ${#per_case[@]} -gt 0 ]] || die "the test printed no create-to-ping figure."
 median="$(printf '%s\n' "${per_case[@]}" | awk '{ print $2 }' | sort -n |
     awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')"

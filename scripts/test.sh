@@ -27,7 +27,7 @@ repository:
      the repository, in ${HVROUTE_CACHE:-/var/cache/hvroute-test}/fuzz-target)
 Before the tests it runs scripts/cloud-init-fetch.sh (cloud-init 25.1 and 22.4, cached in
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/cloud-init) for tests/configdrive_cloudinit.rs.
-The full run boots real Debian 13 guests (tests/slow_guest_boot.rs, about 6 min), whose image
+The full run boots real Debian 13 guests (tests/slow_guest_boot.rs, 8 to 9 min), whose image
 scripts/guest-image.sh builds on first use (a few minutes; cached in
 ${HVROUTE_GUEST_CACHE:-target/guest-image}).
 It unpacks Debian 12's promtool (ensure_promtool in scripts/common.sh; cached in

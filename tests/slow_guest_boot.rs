@@ -25,7 +25,7 @@
 //! Prints `guest-boot: CASE create-to-ping S` lines (scripts/bench-guest.sh reads them).
 //! `HVROUTE_GUEST_CASES=dual,v6` runs a subset; `HVROUTE_GUEST_KEEP_CONSOLE=DIR` keeps each
 //! guest's console log there (the report also carries the guest's uptime and `systemd-analyze blame`). Needs root, libvirt and QEMU
-//! (scripts/test.sh installs them); the image is built on first use (about 2 min, cached in
+//! (scripts/test.sh installs them); the image is built on first use (3 to 5 min, cached in
 //! target/guest-image or $HVROUTE_GUEST_CACHE).
 //! Run: `cargo test --test slow_guest_boot -- --nocapture`.
 
