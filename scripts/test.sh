@@ -28,6 +28,9 @@ repository:
      the repository, in ${HVROUTE_CACHE:-/var/cache/hvroute-test}/fuzz-target)
 Before the tests it runs scripts/cloud-init-fetch.sh (cloud-init 25.1 and 22.4, cached in
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/cloud-init) for tests/configdrive_cloudinit.rs.
+The full run boots real Debian 13 guests (tests/slow_guest_boot.rs, 8 to 9 min), whose image
+scripts/guest-image.sh builds on first use (a few minutes; cached in
+${HVROUTE_GUEST_CACHE:-target/guest-image}).
 It unpacks Debian 12's promtool (ensure_promtool in scripts/common.sh; cached in
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/promtool) for tests/netns_metrics.rs.
 Every step runs even if an earlier one failed; a summary line at the end says which failed.
@@ -62,7 +65,8 @@ need_root
 # iptables (iptables-nft): the foreign rules of tests/netns_guard.rs. curl: the metrics
 # scrapes of tests/netns_metrics.rs, checked by promtool (ensure_promtool).
 # lintian, debootstrap, systemd (systemd-analyze): tests/slow_package.rs checks the .deb,
-# verifies its unit and installs it into a fresh Debian 12 root.
+# verifies its unit and installs it into a fresh Debian 12 root; scripts/guest-image.sh
+# (run by tests/slow_guest_boot.rs) debootstraps the Debian 13 guest.
 ensure_packages xorriso mtools dosfstools genisoimage util-linux iptables curl lintian debootstrap systemd
 ensure_promtool
 ensure_cargo
