@@ -30,7 +30,8 @@ Before the tests it runs scripts/cloud-init-fetch.sh (cloud-init 25.1 and 22.4, 
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/cloud-init) for tests/configdrive_cloudinit.rs.
 The full run boots real Debian 13 guests (tests/slow_guest_boot.rs, 8 to 9 min), whose image
 scripts/guest-image.sh builds on first use (a few minutes; cached in
-${HVROUTE_GUEST_CACHE:-target/guest-image}).
+${HVROUTE_GUEST_CACHE:-${HVROUTE_CACHE:-/var/cache/hvroute-test}/guest-image}, which this
+script sets; scripts/guest-image.sh alone caches in target/guest-image).
 It unpacks Debian 12's promtool (ensure_promtool in scripts/common.sh; cached in
 ${HVROUTE_CACHE:-/var/cache/hvroute-test}/promtool) for tests/netns_metrics.rs.
 Every step runs even if an earlier one failed; a summary line at the end says which failed.
@@ -75,6 +76,10 @@ if [[ -z "$quick" ]]; then
     ensure_cargo_deb
 fi
 ensure_libvirt
+# The Debian 13 guest image of tests/slow_guest_boot.rs: kept beside the other caches, outside
+# the repository, so that a fresh clone on the same machine (CI) reuses it. Without it,
+# scripts/guest-image.sh builds it (a few minutes). Set HVROUTE_GUEST_CACHE to choose.
+export HVROUTE_GUEST_CACHE="${HVROUTE_GUEST_CACHE:-${HVROUTE_CACHE:-/var/cache/hvroute-test}/guest-image}"
 # cloud-init 25.1 and 22.4 for tests/configdrive_cloudinit.rs (cached; netplan.io and the
 # Python modules cloud-init imports are installed with them).
 "$repo_root/scripts/cloud-init-fetch.sh"
